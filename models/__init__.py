@@ -1,0 +1,1 @@
+"""Bundled models built on pyroem's public API."""

@@ -1,0 +1,16 @@
+"""pyroem: exact expectation-maximization for Pyro models with discrete latent variables."""
+from .diagnostics import MonotonicityWarning
+from .em import EM
+from .expectations import Expectations
+from .functional import log_likelihood, posterior
+from .results import EMResult
+
+__version__ = "0.1.0"
+__all__ = [
+    "EM",
+    "EMResult",
+    "Expectations",
+    "MonotonicityWarning",
+    "log_likelihood",
+    "posterior",
+]

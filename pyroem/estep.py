@@ -1,0 +1,252 @@
+"""The exact E-step: contract an enumerated trace to log Z and read every expectation off one backward pass.
+
+log Z = log p(y | θ) is Pyro's plated sum-product contraction of the trace's log-factors
+(:func:`pyro.ops.contract.contract_to_tensor`). Made autograd leaves, the factors give
+``w_f = ∂ log Z / ∂ log f``: the posterior marginal over the enumerated variables factor f
+touches, per plate element (gradient of a log-partition = expected sufficient statistics).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set, Union
+
+import torch
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
+from pyro.poutine.trace_struct import Trace
+
+from .handlers import is_enumerated_site, is_subsample_site
+from .packing import align, dims_of, reduce_to, sizes, with_dims
+
+Scale = Union[float, torch.Tensor]
+
+
+@dataclass
+class Factor:
+    """One site's log-factor ``log f`` as a packed tensor, with the plates it lives in."""
+
+    site: str
+    tensor: torch.Tensor
+    ordinal: frozenset
+    scale: Scale
+    block: Optional["Block"] = None
+
+
+@dataclass
+class Block:
+    """A contraction leaf: factors of one ordinal whose dims nest, summed (or a zero probe)."""
+
+    dims: str
+    ordinal: frozenset
+    tensor: torch.Tensor
+    grad: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Component:
+    """Factors connected through shared enumerated variables; they share one scale."""
+
+    factors: List[Factor]
+    sum_dims: Set[str]
+    scale: Scale
+    target: frozenset
+    blocks: List[Block] = field(default_factory=list)
+
+
+def _ordinal(trace: Trace, site: dict) -> frozenset:
+    return frozenset(trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+
+
+def _packed_scale(site: dict) -> Scale:
+    scale = site["scale"]
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() == 1:
+            return float(scale)
+        return packed.pack(scale.detach(), site["infer"]["_dim_to_symbol"])
+    return float(scale)
+
+
+def _same_scale(a: Scale, b: Scale) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a is b or (dims_of(a) == dims_of(b) and a.shape == b.shape and bool(torch.equal(a, b)))
+    return False
+
+
+def _components(factors: List[Factor], sum_dims: Set[str]) -> List[Component]:
+    """Partition factors into groups connected by shared enumerated dims (union-find)."""
+    parent: Dict[str, str] = {d: d for d in sum_dims}
+
+    def find(d: str) -> str:
+        while parent[d] != d:
+            parent[d] = parent[parent[d]]
+            d = parent[d]
+        return d
+
+    for f in factors:
+        ds = [d for d in dims_of(f.tensor) if d in sum_dims]
+        for d in ds[1:]:
+            parent[find(d)] = find(ds[0])
+    groups: Dict[str, List[Factor]] = OrderedDict()
+    for f in factors:
+        root = find(next(d for d in dims_of(f.tensor) if d in sum_dims))
+        groups.setdefault(root, []).append(f)
+    components = []
+    for fs in groups.values():
+        dims = {d for f in fs for d in dims_of(f.tensor) if d in sum_dims}
+        scale = fs[0].scale
+        for f in fs[1:]:
+            if not _same_scale(scale, f.scale):
+                raise ValueError(
+                    f"sites '{fs[0].site}' and '{f.site}' depend on the same enumerated latent "
+                    "but carry different poutine.scale factors; the exact E-step needs one "
+                    "common scale for every site connected through a latent"
+                )
+        target = frozenset.intersection(*(f.ordinal for f in fs))
+        if isinstance(scale, torch.Tensor) and not set(dims_of(scale)) <= target:
+            raise ValueError(
+                f"site '{fs[0].site}' has a poutine.scale that varies along a plate its "
+                "enumerated latents are shared across; a tensor scale must vary only along "
+                "plates that hold the whole latent structure (one weight per data point)"
+            )
+        components.append(Component(fs, dims, scale, target))
+    return components
+
+
+def _build_blocks(comp: Component, dim_size: Dict[str, int],
+                  site_ordinals: Dict[str, frozenset], differentiable: bool) -> None:
+    """Sum factors of one ordinal whose dims nest into one leaf; add zero probes so that the
+    posterior over every factor's variables is available at full plate resolution."""
+    for f in sorted(comp.factors, key=lambda f: -f.tensor.numel()):
+        fd = dims_of(f.tensor)
+        home = None
+        for b in comp.blocks:
+            if b.ordinal == f.ordinal and set(fd) <= set(b.dims):
+                if home is None or b.tensor.numel() < home.tensor.numel():
+                    home = b
+        if home is None:
+            t = f.tensor if differentiable else f.tensor.detach()
+            home = Block(fd, f.ordinal, t)
+            comp.blocks.append(home)
+        else:
+            t = align(f.tensor if differentiable else f.tensor.detach(), fd, home.dims)
+            home.tensor = home.tensor + t
+        f.block = home
+    if differentiable:
+        return
+    for f in comp.factors:
+        plates = {d for d in site_ordinals[f.site] if dim_size.get(d, 1) > 1}
+        needed = set(dims_of(f.tensor)) | plates
+        if not any(b.ordinal == f.ordinal and needed <= set(b.dims) for b in comp.blocks):
+            pdims = "".join(sorted(needed))
+            t = f.tensor.new_zeros([dim_size[d] for d in pdims])
+            comp.blocks.append(Block(pdims, f.ordinal, t))
+
+
+@dataclass
+class EStep:
+    """The contracted trace: log Z, its per-component pieces and the leaves holding posteriors."""
+
+    trace: Trace
+    log_likelihood: torch.Tensor
+    components: List[Component]
+    constant_sites: List[str]
+    dim_size: Dict[str, int]
+    site_ordinals: Dict[str, frozenset]
+    enum_symbols: Dict[str, str]
+
+
+def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
+    """Contract an enumerated trace (``log_prob`` already computed).
+
+    With ``differentiable=False`` the factors are detached, made autograd leaves and the
+    posterior of every leaf is stored in ``block.grad`` (one backward pass). With
+    ``differentiable=True`` the result keeps its graph to the parameters, for
+    ``log p(y | θ)`` that can itself be differentiated.
+    """
+    trace.pack_tensors()
+    enum_symbols = {
+        name: site["infer"]["_enumerate_symbol"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and is_enumerated_site(site)
+    }
+    sum_dims = set(enum_symbols.values())
+    factors: List[Factor] = []
+    constant_sites: List[str] = []
+    site_ordinals: Dict[str, frozenset] = {}
+    constant = 0.0
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or is_subsample_site(site):
+            continue
+        site_ordinals[name] = _ordinal(trace, site)
+        pk = site["packed"]
+        if name in enum_symbols:
+            t = pk["unscaled_log_prob"]
+        else:
+            t = pk["unscaled_log_prob"]
+            if not sum_dims.intersection(dims_of(t)):
+                t = None
+            else:
+                t = packed.scale_and_mask(t, mask=pk["mask"])
+        if t is None or not sum_dims.intersection(dims_of(t)):
+            constant = constant + site["log_prob"].sum()
+            constant_sites.append(name)
+            continue
+        factors.append(Factor(name, t, site_ordinals[name], _packed_scale(site)))
+    comps = _components(factors, sum_dims) if factors else []
+    dim_size = sizes(f.tensor for f in factors)
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    dim_size.setdefault(trace.plate_to_symbol[frame.name], frame.size)
+    pieces = []
+    with torch.enable_grad():
+        for comp in comps:
+            _build_blocks(comp, dim_size, site_ordinals, differentiable)
+            if not differentiable:
+                for b in comp.blocks:
+                    b.tensor = with_dims(b.tensor.detach().requires_grad_(), b.dims)
+            else:
+                for b in comp.blocks:
+                    with_dims(b.tensor, b.dims)
+            tree = OrderedDict()
+            for b in comp.blocks:
+                tree.setdefault(b.ordinal, []).append(b.tensor)
+            ring = LogRing(dim_to_size=dim_size)
+            pieces.append(contract_to_tensor(tree, set(comp.sum_dims), comp.target, ring=ring))
+        scaled = []
+        for comp, logz in zip(comps, pieces):
+            if isinstance(comp.scale, torch.Tensor):
+                s = align(comp.scale, dims_of(comp.scale), dims_of(logz))
+                scaled.append((s * logz).sum())
+            else:
+                scaled.append(comp.scale * logz.sum())
+        if not differentiable and pieces:
+            total = sum(p.sum() for p in pieces)
+            leaves = [b.tensor for comp in comps for b in comp.blocks]
+            grads = torch.autograd.grad(total, leaves, allow_unused=True)
+            for b, g in zip((b for comp in comps for b in comp.blocks), grads):
+                b.grad = torch.zeros_like(b.tensor) if g is None else g
+    ll = sum(scaled, torch.zeros((), dtype=_dtype(trace), device=_device(trace))) + constant
+    if not differentiable:
+        ll = ll.detach()
+    return EStep(trace, ll, comps, constant_sites, dim_size, site_ordinals, enum_symbols)
+
+
+def _first_log_prob(trace: Trace) -> torch.Tensor:
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and "log_prob" in site:
+            return site["log_prob"]
+    return torch.zeros(())
+
+
+def _dtype(trace: Trace) -> torch.dtype:
+    return _first_log_prob(trace).dtype
+
+
+def _device(trace: Trace) -> torch.device:
+    return _first_log_prob(trace).device

@@ -1,0 +1,137 @@
+"""The ``expect`` object handed to closed-form updates: posterior marginals and joints of latents."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+from pyro.ops import packed
+
+from .estep import Block, EStep
+from .packing import align, dims_of, reduce_to
+
+
+class Expectations:
+    """Posterior expectations at the parameters θₙ of the E-step.
+
+    ``marginal(site)`` is ``p(x_site | y, θₙ)`` with shape ``batch + (K,)``, one row per
+    plate element; ``joint(a, b)`` the joint of two latents that share a factor, shape
+    ``batch + (K_a, K_b)``; ``log_likelihood`` is ``log p(y | θₙ)``.
+    """
+
+    def __init__(self, estep: EStep) -> None:
+        self._e = estep
+        self._cache: Dict[Tuple[str, ...], torch.Tensor] = {}
+
+    @property
+    def log_likelihood(self) -> torch.Tensor:
+        return self._e.log_likelihood
+
+    @property
+    def latent_sites(self) -> List[str]:
+        return list(self._e.enum_symbols)
+
+    def __contains__(self, site: str) -> bool:
+        return site in self._e.enum_symbols
+
+    def _symbol(self, site: str) -> str:
+        if site not in self._e.enum_symbols:
+            known = ", ".join(repr(s) for s in self._e.enum_symbols) or "none"
+            raise KeyError(f"'{site}' is not an enumerated latent site of the model (latents: {known})")
+        return self._e.enum_symbols[site]
+
+    def _plates(self, site: str) -> str:
+        sizes, to_dim = self._e.dim_size, self._e.trace.symbol_to_dim
+        return "".join(sorted((d for d in self._e.site_ordinals[site] if sizes.get(d, 1) > 1), key=to_dim.get))
+
+    def _blocks(self) -> Iterator[Block]:
+        for comp in self._e.components:
+            yield from comp.blocks
+
+    def _posterior(self, syms: str, ordinal: frozenset, plates: str, what: str) -> torch.Tensor:
+        """Sum a leaf's posterior down to ``plates + syms`` (packed order)."""
+        present = [s for s in syms if self._e.dim_size.get(s, 1) > 1]
+        needed = set(present) | set(plates)
+        best = None
+        for b in self._blocks():
+            if b.ordinal == ordinal and needed <= set(b.dims):
+                if best is None or b.tensor.numel() < best.tensor.numel():
+                    best = b
+        if best is None:
+            raise ValueError(f"{what}: no factor of the model holds these latents together")
+        target = plates + "".join(s for s in syms if s in best.dims)
+        return reduce_to(best.grad, best.dims, target), target
+
+    def _shape_out(self, t: torch.Tensor, dims: str, site: str, syms: str) -> torch.Tensor:
+        """Unpack to ``batch + (K, ...)`` with batch the site's plate shape in Pyro's dim layout."""
+        trace = self._e.trace
+        site_d = trace.nodes[site]
+        frames = {f.dim: f for f in site_d["cond_indep_stack"] if f.vectorized}
+        depth = max((-d for d in frames), default=0)
+        batch = []
+        for d in range(-depth, 0):
+            f = frames.get(d)
+            batch.append(1 if f is None else self._e.dim_size.get(trace.plate_to_symbol[f.name], 1))
+        ks = []
+        for s in syms:
+            ks.append(self._e.dim_size.get(s, 1))
+        full = "".join(d for d in dims if d not in syms) + syms
+        t = align(t, dims, full) if dims != full else t
+        return t.reshape(batch + ks)
+
+    def marginal(self, site: str) -> torch.Tensor:
+        """Posterior marginal ``p(x_site = k | y)``, shape ``batch + (K,)``."""
+        key = ("m", site)
+        if key not in self._cache:
+            sym = self._symbol(site)
+            plates = self._plates(site)
+            t, dims = self._posterior(sym, self._e.site_ordinals[site], plates, f"marginal('{site}')")
+            self._cache[key] = self._shape_out(t, dims, site, sym)
+        return self._cache[key]
+
+    def joint(self, a: str, b: str) -> torch.Tensor:
+        """Posterior joint ``p(x_a = i, x_b = j | y)``, shape ``batch + (K_a, K_b)``."""
+        key = ("j", a, b)
+        if key not in self._cache:
+            sa, sb = self._symbol(a), self._symbol(b)
+            oa, ob = self._e.site_ordinals[a], self._e.site_ordinals[b]
+            deeper = b if ob >= oa else a
+            if not (ob >= oa or oa >= ob):
+                raise ValueError(f"joint('{a}', '{b}'): the two sites sit in unrelated plates")
+            plates = self._plates(deeper)
+            t, dims = self._posterior(sa + sb, self._e.site_ordinals[deeper], plates, f"joint('{a}', '{b}')")
+            self._cache[key] = self._shape_out(t, dims, deeper, sa + sb)
+        return self._cache[key]
+
+    def site_weights(self) -> Dict[str, torch.Tensor]:
+        """``w_f`` for every factor touching a latent, unpacked to the site's log_prob layout.
+
+        ``Q(θ|θₙ) = Σ_f ⟨w_f, log f(θ)⟩`` pairs these with the masked, unscaled log-factors;
+        ``w_f`` is the posterior over the factor's latents times the site's scale.
+        """
+        if "weights" not in self._cache:
+            out = {}
+            sym_to_dim = self._e.trace.symbol_to_dim
+            for comp in self._e.components:
+                sdims = dims_of(comp.scale) if isinstance(comp.scale, torch.Tensor) else ""
+                for f in comp.factors:
+                    fd = dims_of(f.tensor)
+                    needed = set(fd) | set(sdims)
+                    leaf = f.block
+                    if not needed <= set(leaf.dims):
+                        leaf = next(b for b in comp.blocks if b.ordinal == f.ordinal and needed <= set(b.dims))
+                    g = leaf.grad
+                    if sdims:
+                        g = g * align(comp.scale, sdims, leaf.dims)
+                    elif comp.scale != 1.0:
+                        g = g * comp.scale
+                    w = reduce_to(g, leaf.dims, fd).detach()
+                    w._pyro_dims = fd
+                    out[f.site] = packed.unpack(w, sym_to_dim)
+            self._cache["weights"] = out
+        return self._cache["weights"]
+
+    @property
+    def constant_sites(self) -> List[str]:
+        """Sites whose log-factor touches no enumerated latent (weight = their own scale and mask)."""
+        return list(self._e.constant_sites)
+

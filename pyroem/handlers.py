@@ -1,0 +1,138 @@
+"""Effect handlers that turn a user's Pyro model into one EM can work with.
+
+:class:`LatentPolicy` decides, site by site, what each unobserved ``pyro.sample``
+statement means for EM: a finite discrete latent is enumerated in parallel, a
+continuous global latent becomes a MAP point estimate kept in the param store,
+anything else is refused with an error that names the site.
+:class:`ReplaySubsample` keeps a subsampled plate on the same indices between
+the traces of one EM step.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.infer.autoguide.initialization import init_to_feasible, init_to_mean
+from pyro.params.param_store import ParamStoreDict
+import pyro
+from pyro.poutine.messenger import Messenger
+
+MAP_FLAG = "_pyroem_map"
+
+
+def is_subsample_site(site: dict) -> bool:
+    """True for the bookkeeping sample site a subsampled ``pyro.plate`` records."""
+    return type(site["fn"]).__name__ == "_Subsample"
+
+
+def is_map_site(site: dict) -> bool:
+    return bool(site["infer"].get(MAP_FLAG, False))
+
+
+def is_enumerated_site(site: dict) -> bool:
+    return site["infer"].get("_enumerate_dim") is not None
+
+
+def _initial_value(site: dict) -> torch.Tensor:
+    """The prior's median, else its mean, else a feasible point: whichever first lies in the support."""
+    fn, support = site["fn"], site["fn"].support
+    candidates = []
+    try:
+        samples = fn.sample((31,))
+        candidates.append(samples.median(dim=0).values)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
+    for init in (init_to_mean, init_to_feasible):
+        try:
+            candidates.append(init(site))
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    for value in candidates:
+        value = value.detach()
+        if torch.isfinite(value).all() and bool(support.check(value).all()):
+            return value
+    raise ValueError(
+        f"cannot initialize the MAP estimate of site '{site['name']}': its prior has no "
+        f"median, mean or feasible point in its support; create pyro.param('{site['name']}', "
+        "init_value, constraint=...) before fitting"
+    )
+
+
+class LatentPolicy(Messenger):
+    """Enumerate finite discrete latents, point-estimate continuous global latents.
+
+    :param enumerate: mark discrete latents for parallel enumeration (off for the
+        probe run that only learns the model's plate structure).
+    """
+
+    def __init__(self, enumerate: bool = True) -> None:
+        super().__init__()
+        self.enumerate = enumerate
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["done"] or is_subsample_site(msg):
+            return
+        fn = msg["fn"]
+        name = msg["name"]
+        if not isinstance(fn, TorchDistributionMixin):
+            raise ValueError(
+                f"site '{name}' is an unobserved sample site whose distribution "
+                f"{type(fn).__name__} is not a Pyro distribution; EM cannot handle it"
+            )
+        if getattr(fn, "has_enumerate_support", False):
+            mode = msg["infer"].get("enumerate")
+            if mode == "sequential":
+                raise ValueError(
+                    f"site '{name}' asks for sequential enumeration; EM enumerates discrete "
+                    "latents in parallel: drop infer={'enumerate': 'sequential'}"
+                )
+            if msg["infer"].get("num_samples") is not None:
+                raise ValueError(
+                    f"site '{name}' asks for Monte Carlo enumeration (num_samples); EM's "
+                    "E-step is exact: drop num_samples from its infer dict"
+                )
+            if self.enumerate:
+                msg["infer"]["enumerate"] = "parallel"
+            return
+        if fn.support.is_discrete:
+            raise ValueError(
+                f"site '{name}' is a discrete latent with infinite support "
+                f"({type(fn).__name__}); the exact E-step can only enumerate finite supports "
+                "(Categorical, Bernoulli, Binomial, ...): observe it or bound its support"
+            )
+        # A continuous latent: a MAP point estimate held in the param store.
+        store = pyro.get_param_store()
+        support = fn.support
+        if name not in store:
+            value = _initial_value(msg)
+            store.setdefault(name, value, constraint=support)
+        value = store.get_param(name)
+        if value.shape != fn.shape():
+            raise ValueError(
+                f"the param '{name}' that holds the MAP estimate of site '{name}' has shape "
+                f"{tuple(value.shape)}, but the site's distribution has shape {tuple(fn.shape())}"
+            )
+        msg["value"] = value
+        msg["is_observed"] = True
+        msg["infer"][MAP_FLAG] = True
+
+
+class ReplaySubsample(Messenger):
+    """Replay the indices of subsampled plates recorded in an earlier trace."""
+
+    def __init__(self, indices: Dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.indices = indices
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if is_subsample_site(msg) and msg["name"] in self.indices:
+            msg["value"] = self.indices[msg["name"]]
+            msg["done"] = True
+
+
+def param_constraint(name: str, store: Optional[ParamStoreDict] = None) -> constraints.Constraint:
+    """The constraint a param was declared with."""
+    store = pyro.get_param_store() if store is None else store
+    return store.get_state()["constraints"].get(name, constraints.real)

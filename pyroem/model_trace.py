@@ -1,0 +1,125 @@
+"""Tracing a user's model under parallel enumeration of its discrete latents."""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.trace_struct import Trace
+
+from .handlers import (
+    LatentPolicy,
+    ReplaySubsample,
+    is_map_site,
+    is_subsample_site,
+)
+
+
+def _plate_dims(site: dict) -> List[int]:
+    return [f.dim for f in site["cond_indep_stack"] if f.vectorized]
+
+
+class ModelTracer:
+    """Runs ``model`` under :class:`LatentPolicy` and ``poutine.enum``.
+
+    The first call probes the model once without enumeration to learn
+    ``max_plate_nesting`` (unless given), which latents are MAP globals and which
+    params it declares; later traces reuse that, so enumeration dims and symbols
+    stay the same from trace to trace.
+    """
+
+    def __init__(self, model: Callable, max_plate_nesting: Optional[int] = None) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
+        if max_plate_nesting is not None:
+            if isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0:
+                raise ValueError(
+                    f"max_plate_nesting must be a non-negative int or None, got {max_plate_nesting!r}"
+                )
+        self.model = model
+        self.max_plate_nesting = max_plate_nesting
+        self.param_names: Tuple[str, ...] = ()
+        self.map_sites: Tuple[str, ...] = ()
+        self._probed = False
+
+    # -- structure -------------------------------------------------------------------
+    def probe(self, args: tuple, kwargs: dict) -> None:
+        """Learn the model's plate nesting, params and MAP sites from one plain run."""
+        trace = poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(*args, **kwargs)
+        nesting = 0
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                dims = _plate_dims(site)
+                if dims:
+                    nesting = max(nesting, -min(dims))
+        if self.max_plate_nesting is None:
+            self.max_plate_nesting = nesting
+        elif self.max_plate_nesting < nesting:
+            raise ValueError(
+                f"max_plate_nesting={self.max_plate_nesting} but the model nests plates "
+                f"{nesting} deep; pass max_plate_nesting={nesting} or leave it None"
+            )
+        self._check_map_sites(trace)
+        self.param_names = tuple(
+            name for name, site in trace.nodes.items() if site["type"] == "param"
+        )
+        self.map_sites = tuple(
+            name for name, site in trace.nodes.items() if site["type"] == "sample" and is_map_site(site)
+        )
+        self._probed = True
+
+    def require_fittable(self) -> None:
+        if not self.param_names and not self.map_sites:
+            raise ValueError(
+                "the model declares no pyro.param and no continuous global latent: "
+                "EM has nothing to fit"
+            )
+
+    @staticmethod
+    def _check_map_sites(trace: Trace) -> None:
+        data_plates = set()
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and site["is_observed"] and not is_map_site(site):
+                data_plates.update(f.name for f in site["cond_indep_stack"])
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and is_map_site(site):
+                inside = [f.name for f in site["cond_indep_stack"] if f.name in data_plates]
+                if inside:
+                    raise ValueError(
+                        f"site '{name}' is a continuous latent inside plate '{inside[0]}', which "
+                        "holds observed data; the exact E-step cannot integrate it out. Observe "
+                        "it, move it out of the data plate (it is then a MAP estimate), or fit "
+                        "the model with SVI or MCMC"
+                    )
+
+    # -- tracing ---------------------------------------------------------------------
+    def enumerated_model(self, subsample: Optional[Dict[str, torch.Tensor]] = None) -> Callable:
+        model = LatentPolicy(enumerate=True)(self.model)
+        if subsample:
+            model = ReplaySubsample(subsample)(model)
+        return poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
+
+    def trace(
+        self, args: tuple, kwargs: dict, subsample: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Trace:
+        """An enumerated trace with ``log_prob`` computed at every sample site."""
+        if not self._probed:
+            self.probe(args, kwargs)
+        trace = poutine.trace(self.enumerated_model(subsample)).get_trace(*args, **kwargs)
+        trace.compute_log_prob(site_filter=lambda name, site: not is_subsample_site(site))
+        return trace
+
+    @staticmethod
+    def subsample_indices(trace: Trace) -> Dict[str, torch.Tensor]:
+        return {
+            name: site["value"]
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and is_subsample_site(site)
+        }
+
+    def params(self) -> Dict[str, torch.Tensor]:
+        """Current constrained values of every fitted parameter (params and MAP sites)."""
+        store = pyro.get_param_store()
+        names = self.param_names + tuple(n for n in self.map_sites if n not in self.param_names)
+        return {name: store.get_param(name) for name in names}
