@@ -20,6 +20,15 @@ def _unconstrained(name: str) -> torch.Tensor:
     return pyro.get_param_store().get_param(name).unconstrained()
 
 
+def _q_or_none(q_fn: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
+    """Q at the current params, or None where the model rejects them (a distribution's argument
+    check, e.g. a positive scale that underflowed to 0 at a line-search trial point)."""
+    try:
+        return q_fn()
+    except ValueError:
+        return None
+
+
 def write_params(new: Mapping[str, object], fitted: Iterable[str]) -> None:
     """Write closed-form values in place, so optimizers holding the tensors keep seeing them."""
     store = pyro.get_param_store()
@@ -87,7 +96,13 @@ class AutogradMStep:
         best = None
         for _ in range(max_steps):
             with torch.enable_grad():
-                q = q_fn()
+                q = _q_or_none(q_fn)
+                if q is None or not bool(torch.isfinite(q)):
+                    if best is not None:
+                        with torch.no_grad():
+                            for x, x0 in zip(leaves, best[0]):
+                                x.copy_(x0)
+                    return
                 grads = torch.autograd.grad(q, leaves, create_graph=True, allow_unused=True)
                 grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
                 g = torch.cat([gi.reshape(-1) for gi in grads])
@@ -141,7 +156,7 @@ class AutogradMStep:
                 max_iter=self.max_iter,
                 max_eval=int(self.max_iter * 1.5),
                 tolerance_grad=1e-14 if tight else 1e-7,
-                tolerance_change=0.0,
+                tolerance_change=1e-13 if tight else 1e-8,
                 history_size=self.history_size,
                 line_search_fn="strong_wolfe",
             )
@@ -149,7 +164,10 @@ class AutogradMStep:
             def closure():
                 opt.zero_grad(set_to_none=True)
                 with torch.enable_grad():
-                    loss = -(q_fn() - q0) / norm
+                    q = _q_or_none(q_fn)
+                    if q is None:
+                        return leaves[0].new_tensor(float("inf"))
+                    loss = -(q - q0) / norm
                     if not bool(torch.isfinite(loss)):
                         return loss.detach().new_tensor(float("inf"))
                     loss.backward()
@@ -162,9 +180,9 @@ class AutogradMStep:
             if sum(x.numel() for x in leaves) <= self.newton_max_params:
                 self._newton_polish(leaves, q_fn)
             with torch.no_grad():
-                q1 = q_fn()
-            q1 = q1.detach()
-            if not bool(torch.isfinite(q1)) or float(q1) < q0:
+                q1 = _q_or_none(q_fn)
+            q1 = None if q1 is None else q1.detach()
+            if q1 is None or not bool(torch.isfinite(q1)) or float(q1) < q0:
                 with torch.no_grad():
                     for x, x0 in zip(leaves, start):
                         x.copy_(x0)
