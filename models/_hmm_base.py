@@ -1,0 +1,385 @@
+"""What every bundled HMM shares: Baum-Welch through ``pyroem.EM``, scoring, decoding, sampling.
+
+A subclass supplies the emission part: its Pyro model function, its parameters (names, checks,
+initialization, constraints), the per-state emission log-densities, the closed-form emission
+update from the state posteriors, and a sampler for emissions given states.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import sys
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import pyro
+import torch
+from pyro.distributions import constraints
+
+from pyroem import EM, MonotonicityWarning
+
+from ._hmm_inputs import (
+    NotFittedError,
+    check_dtype,
+    check_int,
+    check_lengths,
+    check_letters,
+    check_probs,
+    pad_sequences,
+    random_state_of,
+)
+from ._hmm_viterbi import viterbi
+
+DECODERS = ("viterbi", "map")
+
+
+class ConvergenceMonitor:
+    """Log-likelihood per EM step and hmmlearn's stopping rule.
+
+    ``history[i]`` is ``log p(X|θ_i)`` at the parameters step ``i + 1`` started from;
+    ``converged`` is True once ``iter == n_iter`` or the last gain ``history[-1] - history[-2]``
+    is below ``tol``.
+    """
+
+    _template = "{iter:>10d} {log_prob:>16.8f} {delta:>+16.8f}"
+
+    def __init__(self, tol: float, n_iter: int, verbose: bool) -> None:
+        self.tol = tol
+        self.n_iter = n_iter
+        self.verbose = verbose
+        self.history: List[float] = []
+        self.iter = 0
+
+    def __repr__(self) -> str:
+        return (f"ConvergenceMonitor(tol={self.tol}, n_iter={self.n_iter}, iter={self.iter}, "
+                f"converged={self.converged}, history={self.history})")
+
+    def _reset(self) -> None:
+        self.iter = 0
+        self.history = []
+
+    def report(self, log_prob: float) -> None:
+        if self.verbose:
+            delta = log_prob - self.history[-1] if self.history else float("nan")
+            print(self._template.format(iter=self.iter + 1, log_prob=log_prob, delta=delta), file=sys.stderr)
+        self.history.append(float(log_prob))
+        self.iter += 1
+
+    @property
+    def converged(self) -> bool:
+        return self.iter == self.n_iter or (
+            len(self.history) >= 2 and self.history[-1] - self.history[-2] < self.tol
+        )
+
+
+def _normalize_rows(counts: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Rows of ``counts`` divided by their sums; a row without any count keeps its old value."""
+    sums = counts.sum(-1, keepdim=True)
+    return torch.where(sums > 0, counts / torch.where(sums > 0, sums, torch.ones_like(sums)), old)
+
+
+def dirichlet_map(counts: torch.Tensor, prior, old: torch.Tensor) -> torch.Tensor:
+    """``max(prior - 1 + counts, 0)`` normalized; entries that are exactly 0 in ``old`` stay 0."""
+    new = torch.clamp(torch.as_tensor(prior, dtype=counts.dtype, device=counts.device) - 1 + counts, min=0)
+    new = torch.where(old == 0, torch.zeros_like(new), new)
+    return _normalize_rows(new, old)
+
+
+class BaseHMM:
+    """Hidden Markov model fitted by Baum-Welch, written as a Pyro model and run by ``pyroem.EM``.
+
+    The chain ``x_0 ~ Cat(startprob)``, ``x_t ~ Cat(transmat[x_{t-1}])`` emits one observation
+    per step. Many sequences are padded to the longest one; padded steps are masked out of the
+    emissions, and the latent steps left in the chain after a sequence ends integrate to one.
+    Updates follow hmmlearn's M-step; where hmmlearn would leave a row without any expected
+    count as zeros (no transition ever observed from a state), the old row is kept.
+    """
+
+    #: parameter codes: one letter per fitted parameter, e.g. "s" startprob, "t" transmat.
+    _codes = "st"
+
+    def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0,
+                 algorithm: str = "viterbi", random_state=None, n_iter: int = 10, tol: float = 1e-2,
+                 verbose: bool = False, params: str = "st", init_params: str = "st",
+                 device=None, dtype: torch.dtype = torch.float64) -> None:
+        self.n_components = n_components
+        self.startprob_prior = startprob_prior
+        self.transmat_prior = transmat_prior
+        self.algorithm = algorithm
+        self.random_state = random_state
+        self.n_iter = n_iter
+        self.tol = tol
+        self.verbose = verbose
+        self.params = params
+        self.init_params = init_params
+        self.device = device
+        self.dtype = dtype
+
+    # -- subclass hooks ---------------------------------------------------------------
+    def _pyro_model(self) -> Callable:
+        """The Pyro model with the structural arguments bound: ``model(X, mask)``."""
+        raise NotImplementedError
+
+    def _emission_params(self) -> Dict[str, Tuple[str, constraints.Constraint]]:
+        """``{param name: (attribute name, constraint)}`` for the emission parameters."""
+        raise NotImplementedError
+
+    def _check_X(self, X, fitting: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def _to_tensor(self, X: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _init_emissions(self, X: np.ndarray, lengths: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _check_emissions(self) -> None:
+        raise NotImplementedError
+
+    def _log_emission(self, Xpad: torch.Tensor, p: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``log p(y_{n,t} | x = k)``, shape ``(N, T, K)``."""
+        raise NotImplementedError
+
+    def _emission_updates(self, gamma: torch.Tensor, Xpad: torch.Tensor,
+                          p: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Closed-form emission updates from masked state posteriors ``gamma`` (N, T, K)."""
+        raise NotImplementedError
+
+    def _sample_emissions(self, states: np.ndarray, rs: np.random.RandomState) -> np.ndarray:
+        raise NotImplementedError
+
+    def _n_fit_scalars(self) -> Dict[str, int]:
+        k = self.n_components
+        return {"s": k - 1, "t": k * (k - 1)}
+
+    def _is_map(self) -> bool:
+        """True when a prior makes the update a MAP step (log p(X|θ) alone may then dip)."""
+        return bool(np.any(np.asarray(self.startprob_prior) != 1.0)
+                    or np.any(np.asarray(self.transmat_prior) != 1.0))
+
+    # -- parameters ---------------------------------------------------------------------
+    def _all_params(self) -> Dict[str, Tuple[str, constraints.Constraint]]:
+        out = {"startprob": ("startprob_", constraints.real), "transmat": ("transmat_", constraints.real)}
+        out.update(self._emission_params())
+        return out
+
+    def _check_hyper(self) -> None:
+        check_int(self.n_components, "n_components", 1)
+        check_int(self.n_iter, "n_iter", 0)
+        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or math.isnan(self.tol):
+            raise ValueError(f"tol must be a number, got {self.tol!r}")
+        if self.algorithm not in DECODERS:
+            raise ValueError(f"algorithm must be one of {DECODERS}, got {self.algorithm!r}")
+        check_letters(self.params, "params", self._codes)
+        check_letters(self.init_params, "init_params", self._codes)
+        check_dtype(self.dtype)
+
+    def _check_fitted(self) -> None:
+        missing = [attr.lstrip("_") for attr, _ in self._all_params().values() if not hasattr(self, attr)]
+        if missing:
+            raise NotFittedError(
+                f"this {type(self).__name__} has no {', '.join(missing)}: call fit first "
+                "(or set the parameters as attributes)"
+            )
+
+    def _check(self) -> None:
+        """Validate the current parameters (set by fit, initialization or the user)."""
+        k = self.n_components
+        self.startprob_ = check_probs(self.startprob_, "startprob_", (k,))
+        self.transmat_ = check_probs(self.transmat_, "transmat_", (k, k))
+        self._check_emissions()
+
+    def _needs_init(self, code: str, attr: str) -> bool:
+        return code in self.init_params or not hasattr(self, attr)
+
+    def _init(self, X: np.ndarray, lengths: np.ndarray) -> None:
+        k = self.n_components
+        rs = random_state_of(self.random_state)
+        if self._needs_init("s", "startprob_"):
+            self.startprob_ = rs.dirichlet(np.full(k, 1.0 / k))
+        if self._needs_init("t", "transmat_"):
+            self.transmat_ = rs.dirichlet(np.full(k, 1.0 / k), size=k)
+        self._init_emissions(X, lengths)
+
+    def _tensor(self, value) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(value), dtype=self.dtype, device=self.device)
+
+    def _param_tensors(self) -> Dict[str, torch.Tensor]:
+        return {name: self._tensor(getattr(self, attr)) for name, (attr, _) in self._all_params().items()}
+
+    def _load_store(self) -> None:
+        """Put the current parameters into the (scoped) param store."""
+        store = pyro.get_param_store()
+        for name, (attr, constraint) in self._all_params().items():
+            store.setdefault(name, self._tensor(getattr(self, attr)), constraint=constraint)
+
+    def _read_store(self) -> None:
+        store = pyro.get_param_store()
+        for name, (attr, _) in self._all_params().items():
+            setattr(self, attr, store.get_param(name).detach().cpu().numpy().copy())
+
+    # -- data ------------------------------------------------------------------------
+    def _prepare(self, X, lengths, fitting: bool = False) -> Tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        X = self._check_X(X, fitting)
+        lengths = check_lengths(lengths, X.shape[0])
+        Xpad, mask = pad_sequences(self._to_tensor(X), lengths)
+        return X, lengths, Xpad, mask
+
+    # -- Baum-Welch ------------------------------------------------------------------
+    def _updates(self, expect, Xpad: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Closed-form M-step from the posterior marginals and consecutive-pair joints."""
+        t_max = Xpad.shape[1]
+        p = {name: pyro.param(name).detach() for name in self._all_params()}
+        w = mask.to(p["startprob"].dtype)
+        gamma = torch.stack([expect.marginal(f"x_{t}") for t in range(t_max)], dim=1) * w.unsqueeze(-1)
+        new = dict(p)
+        if "s" in self.params:
+            new["startprob"] = dirichlet_map(gamma[:, 0].sum(0), self.startprob_prior, p["startprob"])
+        if "t" in self.params:
+            trans = torch.zeros_like(p["transmat"])
+            for t in range(1, t_max):
+                xi = expect.joint(f"x_{t - 1}", f"x_{t}")
+                trans = trans + (xi * w[:, t, None, None]).sum(0)
+            new["transmat"] = dirichlet_map(trans, self.transmat_prior, p["transmat"])
+        new.update(self._emission_updates(gamma, Xpad, p))
+        return new
+
+    def fit(self, X, lengths=None) -> "BaseHMM":
+        """Estimate the parameters by Baum-Welch (EM) from ``X`` (sequences of ``lengths``).
+
+        Runs at most ``n_iter`` steps and stops once a step gains less than ``tol`` (hmmlearn's
+        rule); ``monitor_.history`` holds ``log p(X|θ)`` at the start of each step. With a prior
+        (e.g. GaussianHMM's default ``covars_prior``) the update is a MAP step, which may lower
+        ``log p(X|θ)`` slightly; pyroem's monotonicity warning is then not raised.
+        """
+        self._check_hyper()
+        X, lengths, Xpad, mask = self._prepare(X, lengths, fitting=True)
+        self._init(X, lengths)
+        self._check()
+        self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
+        store = pyro.get_param_store()
+        with store.scope(), warnings.catch_warnings():
+            if self._is_map():
+                warnings.simplefilter("ignore", MonotonicityWarning)
+            self._load_store()
+            em = EM(self._pyro_model(), updates=self._updates, max_plate_nesting=1)
+            for _ in range(self.n_iter):
+                self.monitor_.report(em.step(Xpad, mask))
+                if self.monitor_.converged:
+                    break
+            self._read_store()
+        return self
+
+    @property
+    def history_(self) -> List[float]:
+        """``log p(X|θ_i)`` at the start of every EM step of the last fit."""
+        self._check_monitor()
+        return list(self.monitor_.history)
+
+    @property
+    def n_iter_(self) -> int:
+        self._check_monitor()
+        return self.monitor_.iter
+
+    @property
+    def converged_(self) -> bool:
+        """True when the last fit stopped because the gain fell below ``tol``."""
+        self._check_monitor()
+        h = self.monitor_.history
+        return len(h) >= 2 and h[-1] - h[-2] < self.tol
+
+    def _check_monitor(self) -> None:
+        if not hasattr(self, "monitor_"):
+            raise NotFittedError(f"this {type(self).__name__} has not been fitted yet: call fit first")
+
+    # -- inference at the current parameters -------------------------------------------
+    def _posterior(self, X, lengths, marginals: bool) -> Tuple[float, Optional[np.ndarray]]:
+        self._check_fitted()
+        self._check()
+        X, lengths, Xpad, mask = self._prepare(X, lengths)
+        store = pyro.get_param_store()
+        with store.scope(), torch.no_grad():
+            self._load_store()
+            expect = EM(self._pyro_model(), max_plate_nesting=1).e_step(Xpad, mask)
+            ll = float(expect.log_likelihood)
+            if not marginals:
+                return ll, None
+            gamma = torch.stack([expect.marginal(f"x_{t}") for t in range(Xpad.shape[1])], dim=1)
+            return ll, gamma[mask].cpu().numpy()
+
+    def score(self, X, lengths=None) -> float:
+        """``log p(X)`` under the model (the sum over sequences)."""
+        return self._posterior(X, lengths, marginals=False)[0]
+
+    def score_samples(self, X, lengths=None) -> Tuple[float, np.ndarray]:
+        """``(log p(X), posteriors)`` with ``posteriors[i, k] = p(x_i = k | X)``."""
+        return self._posterior(X, lengths, marginals=True)
+
+    def predict_proba(self, X, lengths=None) -> np.ndarray:
+        """Posterior state probabilities, shape ``(n_samples, n_components)``."""
+        return self._posterior(X, lengths, marginals=True)[1]
+
+    def decode(self, X, lengths=None, algorithm: Optional[str] = None) -> Tuple[float, np.ndarray]:
+        """Most likely states: ``(log prob of the path(s), states)`` by Viterbi, or per-step
+        posterior modes with ``algorithm="map"`` (log prob = sum of the chosen posteriors' maxima)."""
+        algorithm = algorithm or self.algorithm
+        if algorithm not in DECODERS:
+            raise ValueError(f"algorithm must be one of {DECODERS}, got {algorithm!r}")
+        if algorithm == "map":
+            _, post = self.score_samples(X, lengths)
+            return float(np.max(post, axis=1).sum()), np.argmax(post, axis=1)
+        self._check_fitted()
+        self._check()
+        X, lengths, Xpad, mask = self._prepare(X, lengths)
+        p = self._param_tensors()
+        with torch.no_grad():
+            log_emit = self._log_emission(Xpad, p)
+            log_prob, states = viterbi(torch.log(p["startprob"]), torch.log(p["transmat"]), log_emit, mask)
+        return float(log_prob.sum()), states[mask].cpu().numpy()
+
+    def predict(self, X, lengths=None) -> np.ndarray:
+        """Most likely state of every sample (``algorithm``, Viterbi by default)."""
+        return self.decode(X, lengths)[1]
+
+    def sample(self, n_samples: int = 1, random_state=None, currstate: Optional[int] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
+        """Draw ``(X, states)`` of one sequence of ``n_samples`` steps."""
+        self._check_fitted()
+        self._check()
+        n_samples = check_int(n_samples, "n_samples", 1)
+        rs = random_state_of(self.random_state if random_state is None else random_state)
+        k = self.n_components
+        u = rs.rand(n_samples)
+        start_cdf = np.cumsum(self.startprob_)
+        trans_cdf = np.cumsum(self.transmat_, axis=1)
+        states = np.empty(n_samples, dtype=int)
+        if currstate is None:
+            states[0] = min(int(np.searchsorted(start_cdf, u[0], side="right")), k - 1)
+        else:
+            states[0] = check_int(currstate, "currstate", 0)
+            if states[0] >= k:
+                raise ValueError(f"currstate must be < n_components={k}, got {currstate}")
+        for t in range(1, n_samples):  # a Markov chain: each state needs the previous one
+            states[t] = min(int(np.searchsorted(trans_cdf[states[t - 1]], u[t], side="right")), k - 1)
+        return self._sample_emissions(states, rs), states
+
+    # -- model selection --------------------------------------------------------------
+    def _n_params(self) -> int:
+        per = self._n_fit_scalars()
+        return sum(per[c] for c in self.params)
+
+    def aic(self, X, lengths=None) -> float:
+        """``-2 log p(X) + 2 n_params`` (free parameters named in ``params``)."""
+        return -2 * self.score(X, lengths) + 2 * self._n_params()
+
+    def bic(self, X, lengths=None) -> float:
+        """``-2 log p(X) + n_params log n_samples``."""
+        n = len(self._check_X(X, fitting=False))
+        return -2 * self.score(X, lengths) + self._n_params() * np.log(n)
+
+
+def bind_model(model: Callable, **structure) -> Callable:
+    """``model`` with its structural keyword arguments fixed, called as ``model(X, mask)``."""
+    return functools.partial(model, **structure)

@@ -1,0 +1,118 @@
+"""Input checks for the HMM estimators and the padding of many sequences into one batch."""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+
+class NotFittedError(ValueError, AttributeError):
+    """An estimator was used before ``fit`` (or before its parameters were set)."""
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_letters(value, name: str, allowed: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string of parameter codes from {allowed!r}, got {type(value).__name__}")
+    bad = sorted(set(value) - set(allowed))
+    if bad:
+        raise ValueError(f"{name}={value!r} has unknown codes {''.join(bad)!r}; allowed codes are {allowed!r}")
+    return value
+
+
+def check_dtype(dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def check_2d(X, name: str = "X") -> np.ndarray:
+    """A 2-D numeric array without NaN or infinity."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    try:
+        X = np.asarray(X)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features): {err}") from err
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise ValueError(f"{name} must hold numbers, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features), got {X.ndim}-D of shape {X.shape}; "
+            "reshape a single feature with X.reshape(-1, 1)"
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape})")
+    if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return X
+
+
+def check_lengths(lengths, n_samples: int) -> np.ndarray:
+    """Sequence lengths: positive ints summing to ``n_samples`` (None: one sequence)."""
+    if lengths is None:
+        return np.array([n_samples], dtype=np.int64)
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().numpy()
+    arr = np.asarray(lengths)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"lengths must be a non-empty 1-D sequence of ints, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            arr = arr.astype(np.int64)
+        else:
+            raise ValueError(f"lengths must hold ints, got {lengths!r}")
+    if (arr <= 0).any():
+        raise ValueError(f"lengths must be positive, got {arr.tolist()}")
+    if int(arr.sum()) != n_samples:
+        raise ValueError(f"lengths sum to {int(arr.sum())} but X has {n_samples} samples")
+    return arr.astype(np.int64)
+
+
+def pad_sequences(X: torch.Tensor, lengths: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences (concatenated along dim 0 of ``X``) into ``(N, T_max, ...)`` plus a mask.
+
+    Padded steps hold zeros (a valid symbol / value) and ``mask`` is False there.
+    """
+    device = X.device
+    lens = torch.as_tensor(lengths, device=device)
+    n_seq, t_max = lens.numel(), int(lens.max())
+    seq = torch.repeat_interleave(torch.arange(n_seq, device=device), lens)
+    starts = torch.cumsum(lens, 0) - lens
+    pos = torch.arange(X.shape[0], device=device) - starts[seq]
+    padded = X.new_zeros((n_seq, t_max) + tuple(X.shape[1:]))
+    padded[seq, pos] = X
+    mask = torch.zeros((n_seq, t_max), dtype=torch.bool, device=device)
+    mask[seq, pos] = True
+    return padded, mask
+
+
+def check_probs(value, name: str, shape: Tuple[int, ...]) -> np.ndarray:
+    """A probability vector (or rows of them) of the given shape."""
+    arr = np.array(value, dtype=np.float64, copy=True)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must hold finite non-negative probabilities")
+    sums = arr.sum(axis=-1)
+    if not np.allclose(sums, 1.0):
+        raise ValueError(f"{name} must sum to 1 along its last axis, got sums {np.round(sums, 6).tolist()}")
+    return arr
+
+
+def random_state_of(random_state: Optional[object]) -> np.random.RandomState:
+    """``None`` -> numpy's global RandomState, an int -> a new seeded one, an instance -> itself."""
+    if random_state is None or random_state is np.random:
+        return np.random.mtrand._rand
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return np.random.RandomState(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {random_state!r}")
