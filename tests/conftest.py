@@ -2,6 +2,9 @@ import pyro
 import pytest
 import torch
 
+# The suite is hundreds of small tensor ops; one thread avoids thread hand-off costs on small CI machines.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def fresh_param_store():
