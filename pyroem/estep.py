@@ -120,7 +120,9 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
                   site_ordinals: Dict[str, frozenset], differentiable: bool) -> None:
     """Sum factors of one ordinal whose dims nest into one leaf; add zero probes so that the
     posterior over every factor's variables is available at full plate resolution."""
-    for f in sorted(comp.factors, key=lambda f: -f.tensor.numel()):
+    # Largest first, contiguous before broadcast views: a block takes the memory layout of the
+    # factor it starts from, and the posteriors read off it (responsibilities) inherit that layout.
+    for f in sorted(comp.factors, key=lambda f: (-f.tensor.numel(), not f.tensor.is_contiguous())):
         fd = dims_of(f.tensor)
         home = None
         for b in comp.blocks:
@@ -144,6 +146,23 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
             pdims = "".join(sorted(needed))
             t = f.tensor.new_zeros([dim_size[d] for d in pdims])
             comp.blocks.append(Block(pdims, f.ordinal, t))
+
+
+def _contract_component(comp: Component, dim_size: Dict[str, int]) -> torch.Tensor:
+    """log Z of one component over its target plates (Pyro's plated sum-product contraction).
+
+    A component that is a single leaf already in its target plates (a mixture: prior and
+    likelihood summed into one block) needs only a logsumexp over its latent dims.
+    """
+    if len(comp.blocks) == 1 and comp.blocks[0].ordinal == comp.target:
+        b = comp.blocks[0]
+        sum_at = [i for i, d in enumerate(b.dims) if d in comp.sum_dims]
+        out = torch.logsumexp(b.tensor, dim=sum_at)
+        return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
+    tree = OrderedDict()
+    for b in comp.blocks:
+        tree.setdefault(b.ordinal, []).append(b.tensor)
+    return contract_to_tensor(tree, set(comp.sum_dims), comp.target, ring=LogRing(dim_to_size=dim_size))
 
 
 @dataclass
@@ -213,11 +232,7 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             else:
                 for b in comp.blocks:
                     with_dims(b.tensor, b.dims)
-            tree = OrderedDict()
-            for b in comp.blocks:
-                tree.setdefault(b.ordinal, []).append(b.tensor)
-            ring = LogRing(dim_to_size=dim_size)
-            pieces.append(contract_to_tensor(tree, set(comp.sum_dims), comp.target, ring=ring))
+            pieces.append(_contract_component(comp, dim_size))
         scaled = []
         for comp, logz in zip(comps, pieces):
             if isinstance(comp.scale, torch.Tensor):

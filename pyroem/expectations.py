@@ -84,8 +84,14 @@ class Expectations:
         if key not in self._cache:
             sym = self._symbol(site)
             plates = self._plates(site)
-            t, dims = self._posterior(sym, self._e.site_ordinals[site], plates, f"marginal('{site}')")
-            self._cache[key] = self._shape_out(t, dims, site, sym)
+            if self._e.dim_size.get(sym, 1) == 1:  # a single possible value: probability one
+                ll = self._e.log_likelihood
+                sizes = [self._e.dim_size[d] for d in plates]
+                t = torch.ones(sizes, dtype=ll.dtype, device=ll.device)
+                self._cache[key] = self._shape_out(t, plates, site, sym)
+            else:
+                t, dims = self._posterior(sym, self._e.site_ordinals[site], plates, f"marginal('{site}')")
+                self._cache[key] = self._shape_out(t, dims, site, sym)
         return self._cache[key]
 
     def joint(self, a: str, b: str) -> torch.Tensor:

@@ -161,6 +161,8 @@ class AutogradMStep:
                 line_search_fn="strong_wolfe",
             )
 
+            first = [True]
+
             def closure():
                 opt.zero_grad(set_to_none=True)
                 with torch.enable_grad():
@@ -174,6 +176,18 @@ class AutogradMStep:
                 for x in leaves:
                     if x.grad is None:
                         x.grad = torch.zeros_like(x)
+                bad = [n for n, x in zip(names, leaves) if not bool(torch.isfinite(x.grad).all())]
+                if bad and first[0]:
+                    raise ValueError(
+                        f"the gradient of Q with respect to {', '.join(repr(n) for n in bad)} is not "
+                        "finite at the current parameters, so the autograd M-step cannot move them. "
+                        "A log-factor's derivative is undefined somewhere (e.g. a Poisson rate of "
+                        "exactly 0 gives 0·∞): write such branches with torch.where or "
+                        "dist.MaskedMixture so the unused branch gets no gradient"
+                    )
+                first[0] = False
+                if bad:
+                    return loss.detach().new_tensor(float("inf"))
                 return loss.detach()
 
             opt.step(closure)

@@ -153,3 +153,19 @@ def test_callback_returning_true_stops_without_warning():
         warnings.simplefilter("error")
         res = pyroem.EM(make_mixture()).fit(y, max_iter=50, callback=lambda n, ll, p: n == 2)
     assert res.n_iter == 2 and res.converged is False and len(res.history) == 3
+
+
+def test_non_finite_gradient_of_q_is_reported_with_the_param_name():
+    x = torch.linspace(-1.0, 1.0, 50, dtype=torch.float64)
+    y = torch.tensor([0.0, 3.0] * 25, dtype=torch.float64)
+
+    def model(x, y):
+        pi = pyro.param("pi", torch.tensor(0.5, dtype=torch.float64), constraint=constraints.unit_interval)
+        coef = pyro.param("coef", torch.zeros(2, dtype=torch.float64))
+        with pyro.plate("data", len(y)):
+            s = pyro.sample("s", dist.Bernoulli(pi))
+            # rate exactly 0 on the structural-zero branch: d/d rate of Poisson(0).log_prob(0) is 0/0
+            pyro.sample("y", dist.Poisson(torch.exp(coef[0] + coef[1] * x) * (1 - s)), obs=y)
+
+    with pytest.raises(ValueError, match="'coef'.*not finite"):
+        pyroem.EM(model).step(x, y)

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import pyro
+import pyro.distributions as dist
+from pyro.distributions import constraints
 import pyroem
 import torch
 from scipy.special import logsumexp, softmax
@@ -133,3 +135,19 @@ def test_hmm_and_nested_in_float32():
     assert expect.log_likelihood.dtype == torch.float32
     assert float(expect.log_likelihood) == pytest.approx(log_z, rel=1e-5)
     np.testing.assert_allclose(np_(expect.joint("b", "c")), jbc, atol=1e-5)
+
+
+def test_single_category_latent_has_marginal_one_and_exact_log_likelihood():
+    x = torch.tensor([0.3, -1.2, 2.0, 0.5], dtype=torch.float64)
+
+    def model(x):
+        p = pyro.param("p", torch.ones(1, dtype=torch.float64), constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([0.5], dtype=torch.float64))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Categorical(p))
+            pyro.sample("x", dist.Normal(loc[z], 1.0), obs=x)
+
+    expect = pyroem.EM(model).e_step(x)
+    assert expect.marginal("z").shape == (4, 1)
+    assert torch.equal(expect.marginal("z"), torch.ones(4, 1, dtype=torch.float64))
+    assert float(expect.log_likelihood) == pytest.approx(norm.logpdf(x.numpy(), 0.5, 1.0).sum(), abs=1e-12)

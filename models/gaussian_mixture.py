@@ -1,0 +1,450 @@
+"""``GaussianMixture``: a drop-in for ``sklearn.mixture.GaussianMixture`` fitted by ``pyroem.EM``.
+
+The Pyro model :func:`gmm_model` is the whole statistical content; the E-step is the engine's
+exact enumeration of ``z`` and :class:`GMMUpdates` is the closed-form M-step. The loop follows
+scikit-learn's: lower bound = mean log-likelihood of the E-step, stop when it changes by less
+than ``tol``, a final E-step for the labels.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.distributions import constraints
+
+import pyroem
+
+from ._gaussian import (
+    INV_SCALE_CONSTRAINTS,
+    GaussianComponents,
+    covariances_from_inv_scale,
+    estimate_gaussian_parameters,
+    inv_scale_from_covariances,
+    inv_scale_from_precisions,
+    log_gaussian_prob,
+    n_parameters,
+    precisions,
+    precisions_cholesky,
+)
+from ._gmm_init import initial_resp
+from ._gmm_validation import (
+    ConvergenceWarning,
+    NotFittedError,
+    check_hyper_parameters,
+    check_means_init,
+    check_precisions_init,
+    check_random_state,
+    check_sample_weight,
+    check_weights_init,
+    check_X,
+    resolve_device,
+    resolve_dtype,
+)
+
+__all__ = ["GaussianMixture", "GMMUpdates", "gmm_model", "ConvergenceWarning", "NotFittedError"]
+
+PARAM_NAMES = ("weights", "means", "inv_scale")
+_fit_ids = itertools.count()
+
+
+def _default_inv_scale(X: torch.Tensor, k: int, covariance_type: str) -> torch.Tensor:
+    inv_sd = X.var(0, unbiased=False).clamp_min(1e-6).rsqrt()
+    d = X.shape[1]
+    if covariance_type == "full":
+        return torch.diag_embed(inv_sd).expand(k, d, d).clone()
+    if covariance_type == "tied":
+        return torch.diag_embed(inv_sd)
+    if covariance_type == "diag":
+        return inv_sd.expand(k, d).clone()
+    return inv_sd.square().mean().sqrt().expand(k).clone()
+
+
+def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
+              sample_weight: Optional[torch.Tensor] = None, prefix: str = "") -> None:
+    """Gaussian mixture: ``z_n ~ Categorical(weights)``, ``x_n | z_n ~ N(means[z_n], Σ[z_n])``.
+
+    ``Σ`` is parametrized by its inverse scale ``inv_scale`` (``Σ = L⁻¹L⁻ᵀ``, lower-triangular
+    ``L`` for full and tied; ``1/σ`` for diag and spherical). ``sample_weight`` scales each
+    datum's log-likelihood. Params are ``prefix + {weights, means, inv_scale}``.
+    """
+    n, _ = X.shape
+    k = n_components
+    weights = pyro.param(prefix + "weights", lambda: X.new_full((k,), 1.0 / k), constraint=constraints.simplex)
+    means = pyro.param(prefix + "means", lambda: X[torch.linspace(0, n - 1, k, device=X.device).long()].clone())
+    inv_scale = pyro.param(prefix + "inv_scale", lambda: _default_inv_scale(X, k, covariance_type),
+                           constraint=INV_SCALE_CONSTRAINTS[covariance_type])
+    with pyro.plate("data", n, dim=-1), poutine.scale(scale=1.0 if sample_weight is None else sample_weight):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("x", GaussianComponents(means, inv_scale, covariance_type, z), obs=X)
+
+
+class GMMUpdates:
+    """Closed-form M-step for :func:`gmm_model` (pass as ``pyroem.EM(gmm_model, updates=...)``).
+
+    From ``r_nk = w_n p(z_n=k | x_n)``: ``weights = n_k / Σ n_k``, ``means`` the weighted means,
+    covariances the weighted scatter plus ``reg_covar`` on the diagonal. ``last`` keeps the
+    values of the latest update (covariances included).
+    """
+
+    def __init__(self, reg_covar: float = 1e-6) -> None:
+        self.reg_covar = reg_covar
+        self.last: Optional[Dict[str, torch.Tensor]] = None
+
+    def __call__(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix=""):
+        resp = expect.marginal("z")
+        nk, means, cov = estimate_gaussian_parameters(X, resp, self.reg_covar, covariance_type, sample_weight)
+        weights = nk / nk.sum()
+        inv = inv_scale_from_covariances(cov, covariance_type)
+        self.last = {"weights": weights, "means": means, "covariances": cov, "inv_scale": inv}
+        return {prefix + "weights": weights, prefix + "means": means, prefix + "inv_scale": inv}
+
+
+def _write_params(prefix: str, params: Dict[str, torch.Tensor], covariance_type: str) -> None:
+    store = pyro.get_param_store()
+    cons = {"weights": constraints.simplex, "means": constraints.real,
+            "inv_scale": INV_SCALE_CONSTRAINTS[covariance_type]}
+    for name in PARAM_NAMES:
+        full = prefix + name
+        value = params[name].detach().clone()
+        if name == "weights":
+            value = value / value.sum()
+        if full in store:
+            del store[full]
+        store.setdefault(full, value, constraint=cons[name])
+
+
+def _drop_params(prefix: str) -> None:
+    store = pyro.get_param_store()
+    for name in PARAM_NAMES:
+        if prefix + name in store:
+            del store[prefix + name]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class GaussianMixture:
+    """Gaussian mixture fitted by exact EM on :func:`gmm_model` (scikit-learn's API).
+
+    Constructor arguments, methods and fitted attributes are those of
+    ``sklearn.mixture.GaussianMixture``; in addition ``device`` and ``dtype`` (float32 or
+    float64; default: the data's float type, float64 for anything else) choose where and in
+    what precision EM runs, ``fit`` takes ``sample_weight``, and after fitting ``history_``
+    holds the mean log-likelihood at every evaluated parameter set of the kept run
+    (``history_[:-1] == lower_bounds_``, ``history_[-1]`` at the returned parameters) and
+    ``init_scores_`` the final lower bound of every initialization.
+    """
+
+    model = staticmethod(gmm_model)
+
+    def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
+                 weights_init=None, means_init=None, precisions_init=None, random_state=None,
+                 warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
+                 device=None, dtype=None) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.device = device
+        self.dtype = dtype
+
+    # -- scikit-learn estimator protocol -------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> List[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "GaussianMixture":
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for GaussianMixture; valid: {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        parts = []
+        for name in self._param_names():
+            value, default = getattr(self, name), sig.parameters[name].default
+            if not (value is default or (isinstance(value, (int, float, str, bool)) and value == default
+                                         and type(value) is type(default))):
+                parts.append(f"{name}={value!r}")
+        return f"GaussianMixture({', '.join(parts)})"
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
+        """Fit by EM (``n_init`` starts, the best lower bound kept); returns ``self``."""
+        self.fit_predict(X, y, sample_weight=sample_weight)
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """Fit, then label ``X`` by a final E-step (consistent with ``fit(X).predict(X)``)."""
+        check_hyper_parameters(self)
+        dtype, device = resolve_dtype(self.dtype, X), resolve_device(self.device, X)
+        Xt = check_X(X, dtype, device, min_samples=2)
+        n, d = Xt.shape
+        k = self.n_components
+        if n < k:
+            raise ValueError(f"Expected n_samples >= n_components but got n_components = {k}, n_samples = {n}")
+        w = check_sample_weight(sample_weight, n, dtype, device)
+        inits = self._check_inits(d, dtype, device)
+        warm = bool(self.warm_start) and hasattr(self, "converged_")
+        if warm and getattr(self, "n_features_in_", d) != d:
+            raise ValueError(f"X has {d} features, but the warm-started GaussianMixture was fitted "
+                             f"with {self.n_features_in_}")
+        Xfit, wfit = Xt, w
+        if w is not None and bool((w == 0).any()):
+            keep = w > 0
+            Xfit, wfit = Xt[keep], w[keep]
+            if Xfit.shape[0] < k:
+                raise ValueError(f"only {Xfit.shape[0]} samples have a positive sample_weight, fewer than "
+                                 f"n_components = {k}")
+        shift = Xfit.mean(0)
+        Xc = Xfit - shift
+        wsum = float(Xc.shape[0]) if wfit is None else float(wfit.sum())
+        prefix = f"GaussianMixture{next(_fit_ids)}."
+        args = (Xc, k, self.covariance_type, wfit, prefix)
+        updates = GMMUpdates(self.reg_covar)
+        em = pyroem.EM(gmm_model, updates=updates, max_plate_nesting=1)
+        rs = check_random_state(self.random_state)
+        n_init = 1 if warm else self.n_init
+        try:
+            best, best_lb, scores = None, -math.inf, []
+            self.converged_ = False
+            for init in range(n_init):
+                self._print_init_begin(init)
+                if warm:
+                    start = self._params_from_attributes(shift, dtype, device)
+                    lb0 = self.lower_bound_
+                else:
+                    start = self._initial_params(Xc, wfit, rs, inits, shift)
+                    lb0 = -math.inf
+                params, n_iter, lb, hist, converged = self._run(em, updates, args, start, lb0, wsum)
+                scores.append(lb)
+                if self.max_iter == 0:
+                    best, best_n_iter, best_hist = params, 0, []
+                elif lb > best_lb or best_lb == -math.inf:
+                    best, best_lb, best_n_iter, best_hist = params, lb, n_iter, hist
+                    self.converged_ = converged
+            if not self.converged_ and self.max_iter > 0:
+                warnings.warn("Best performing initialization did not converge. Try different init "
+                              "parameters, or increase max_iter, tol, or check for degenerate data.",
+                              ConvergenceWarning, stacklevel=2)
+            _write_params(prefix, best, self.covariance_type)
+            expect = em.e_step(*args)
+            final_ll = float(expect.log_likelihood) / wsum
+            labels = expect.marginal("z").argmax(-1)
+        finally:
+            _drop_params(prefix)
+        self._set_fitted(best, shift, dtype, device, d)
+        self.n_iter_ = best_n_iter
+        self.lower_bound_ = best_lb
+        self.lower_bounds_ = list(best_hist)
+        self.history_ = list(best_hist) + [final_ll]
+        self.init_scores_ = scores
+        if Xfit is not Xt:
+            return self.predict(Xt)
+        return _numpy(labels)
+
+    def _check_inits(self, d: int, dtype, device) -> Tuple[Optional[torch.Tensor], ...]:
+        k, ct = self.n_components, self.covariance_type
+        w = None if self.weights_init is None else check_weights_init(self.weights_init, k, dtype, device)
+        m = None if self.means_init is None else check_means_init(self.means_init, k, d, dtype, device)
+        p = (None if self.precisions_init is None
+             else check_precisions_init(self.precisions_init, ct, k, d, dtype, device))
+        return w, m, p
+
+    def _initial_params(self, Xc, w, rs, inits, shift) -> Dict[str, torch.Tensor]:
+        """Parameters from the initial responsibilities, overridden by the user's inits."""
+        w_init, m_init, p_init = inits
+        ct = self.covariance_type
+        weights = means = cov = None
+        if w_init is None or m_init is None or p_init is None:
+            resp = initial_resp(Xc, self.n_components, self.init_params, rs, w)
+            nk, means, cov = estimate_gaussian_parameters(Xc, resp, self.reg_covar, ct, w)
+            weights = nk / (Xc.shape[0] if w is None else w.sum())
+            if ct == "tied" and self.init_params in ("k-means++", "random_from_data"):
+                cov = self._tied_from_one_hot(Xc + shift, means + shift, nk, w)
+        weights = weights if w_init is None else w_init
+        means = means if m_init is None else m_init - shift
+        if p_init is None:
+            inv = inv_scale_from_covariances(cov, ct)
+        else:
+            inv = inv_scale_from_precisions(p_init, ct)
+            cov = covariances_from_inv_scale(inv, ct)
+        return {"weights": weights, "means": means, "covariances": cov, "inv_scale": inv}
+
+    def _tied_from_one_hot(self, X, means, nk, w) -> torch.Tensor:
+        """scikit-learn's tied covariance ``(XᵀX - Σ_k n_k μ_k μ_kᵀ) / Σ_k n_k`` in the data's own
+        coordinates: with one-hot responsibilities on only K rows, ``XᵀX`` still runs over every
+        row, so the result depends on the origin and is reproduced as scikit-learn computes it."""
+        xw = X if w is None else X * w.unsqueeze(1)
+        cov = (xw.T @ X - (nk * means.T) @ means) / nk.sum()
+        cov.diagonal().add_(self.reg_covar)
+        return cov
+
+    def _params_from_attributes(self, shift, dtype, device) -> Dict[str, torch.Tensor]:
+        def t(a):
+            return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+        return {"weights": t(self.weights_), "means": t(self.means_) - shift,
+                "covariances": t(self.covariances_), "inv_scale": self._inv_scale(dtype, device)}
+
+    def _run(self, em, updates, args, start, lb0, wsum):
+        """One EM run in scikit-learn's order: E-step (lower bound), M-step, convergence test."""
+        _write_params(args[-1], start, self.covariance_type)
+        params, lb, hist, converged, n_iter = start, lb0, [], False, 0
+        if self.max_iter == 0:
+            return params, 0, -math.inf, hist, False
+        # scikit-learn scores the start with its weights as given: one-hot initial responsibilities
+        # (k-means++, random_from_data) leave them summing to about K/N, which shifts every
+        # log p(x_n) by log Σ_k weights_k; the model itself uses the normalized weights.
+        offset = math.log(float(start["weights"].double().sum()))
+        for n_iter in range(1, self.max_iter + 1):
+            prev = lb
+            expect = em.e_step(*args)
+            lb = float(expect.log_likelihood) / wsum + (offset if n_iter == 1 else 0.0)
+            em.m_step(expect, *args)
+            params = updates.last
+            hist.append(lb)
+            change = lb - prev
+            self._print_iter_end(n_iter, change)
+            if abs(change) < self.tol:
+                converged = True
+                break
+        self._print_init_end(lb, converged)
+        return params, n_iter, lb, hist, converged
+
+    def _set_fitted(self, params, shift, dtype, device, d: int) -> None:
+        ct = self.covariance_type
+        inv = params["inv_scale"]
+        self.weights_ = _numpy(params["weights"])
+        self.means_ = _numpy(params["means"] + shift)
+        self.covariances_ = _numpy(params["covariances"])
+        self.precisions_cholesky_ = _numpy(precisions_cholesky(inv, ct))
+        self.precisions_ = _numpy(precisions(inv, ct))
+        self.n_features_in_ = d
+        self._shift = _numpy(shift)
+        self._fit_dtype, self._fit_device = dtype, device
+
+    # -- verbose output (scikit-learn's messages) ----------------------------------------------
+    def _print_init_begin(self, init: int) -> None:
+        if self.verbose >= 1:
+            print(f"Initialization {init}")
+
+    def _print_iter_end(self, n_iter: int, change: float) -> None:
+        if n_iter % self.verbose_interval == 0:
+            if self.verbose == 1:
+                print(f"  Iteration {n_iter}")
+            elif self.verbose >= 2:
+                print(f"  Iteration {n_iter}\t ll change {change:.5f}")
+
+    def _print_init_end(self, lb: float, converged: bool) -> None:
+        msg = "converged" if converged else "did not converge"
+        if self.verbose == 1:
+            print(f"Initialization {msg}.")
+        elif self.verbose >= 2:
+            print(f"Initialization {msg}.\t lower bound {lb:.5f}.")
+
+    # -- using the fitted model ---------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "means_"):
+            raise NotFittedError("This GaussianMixture instance is not fitted yet. Call 'fit' with "
+                                 "appropriate arguments before using this estimator.")
+
+    def _target(self):
+        dtype = getattr(self, "_fit_dtype", None) or resolve_dtype(None, np.asarray(self.means_))
+        device = getattr(self, "_fit_device", None) or torch.device("cpu")
+        return dtype, device
+
+    def _inv_scale(self, dtype, device) -> torch.Tensor:
+        pc = torch.as_tensor(np.asarray(self.precisions_cholesky_), dtype=dtype, device=device)
+        return pc.transpose(-1, -2) if self.covariance_type in ("full", "tied") else pc
+
+    def _weighted_log_prob(self, X) -> torch.Tensor:
+        """``log weights_k + log N(x_n | k)``, shape ``(N, K)``."""
+        self._check_fitted()
+        dtype, device = self._target()
+        Xt = check_X(X, dtype, device, n_features=self.means_.shape[1])
+        shift = torch.as_tensor(getattr(self, "_shift", np.zeros(self.means_.shape[1])), dtype=dtype, device=device)
+        means = torch.as_tensor(np.asarray(self.means_), dtype=dtype, device=device) - shift
+        logw = torch.as_tensor(np.asarray(self.weights_), dtype=dtype, device=device).log()
+        return log_gaussian_prob(Xt - shift, means, self._inv_scale(dtype, device), self.covariance_type) + logw
+
+    def score_samples(self, X) -> np.ndarray:
+        """``log p(x_n)`` for every row of ``X``."""
+        return _numpy(torch.logsumexp(self._weighted_log_prob(X), 1))
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of ``X``."""
+        return float(torch.logsumexp(self._weighted_log_prob(X), 1).mean())
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable component of every row."""
+        return _numpy(self._weighted_log_prob(X).argmax(1))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Posterior component probabilities ``(N, K)``."""
+        wlp = self._weighted_log_prob(X)
+        return _numpy((wlp - torch.logsumexp(wlp, 1, keepdim=True)).exp())
+
+    def _n_parameters(self) -> int:
+        k, d = self.means_.shape
+        return n_parameters(k, d, self.covariance_type)
+
+    def _n_rows(self, X) -> int:
+        return int(X.shape[0]) if hasattr(X, "shape") else len(X)
+
+    def bic(self, X) -> float:
+        """``-2 log L + p log N`` (lower is better)."""
+        n = self._n_rows(X)
+        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X) -> float:
+        """``-2 log L + 2 p`` (lower is better)."""
+        return -2 * self.score(X) * self._n_rows(X) + 2 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+        """Draw ``(X, y)`` with numpy's ``RandomState(random_state)``, as scikit-learn does."""
+        self._check_fitted()
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+        _, d = self.means_.shape
+        rng = check_random_state(self.random_state)
+        pvals = np.asarray(self.weights_, dtype=np.float64)
+        if pvals[:-1].sum() > 1.0:
+            pvals = pvals / pvals.sum()
+        counts = rng.multinomial(n_samples, pvals)
+        means = np.asarray(self.means_, dtype=np.float64)
+        covs = np.asarray(self.covariances_, dtype=np.float64)
+        if self.covariance_type == "full":
+            parts = [rng.multivariate_normal(m, c, int(s)) for m, c, s in zip(means, covs, counts)]
+        elif self.covariance_type == "tied":
+            parts = [rng.multivariate_normal(m, covs, int(s)) for m, s in zip(means, counts)]
+        else:
+            parts = [m + rng.standard_normal(size=(s, d)) * np.sqrt(c) for m, c, s in zip(means, covs, counts)]
+        y = np.concatenate([np.full(int(s), i, dtype=np.int64) for i, s in enumerate(counts)])
+        return np.vstack(parts), y
