@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-from pyro.distributions import constraints
+from pyro.distributions import Categorical, constraints
+from torch.distributions.utils import probs_to_logits
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_mean
 from pyro.params.param_store import ParamStoreDict
@@ -60,6 +61,18 @@ def _initial_value(site: dict) -> torch.Tensor:
     )
 
 
+def _share_broadcast_logits(fn) -> None:
+    """A ``Categorical(probs)`` broadcast over a plate holds an (N, K) view of K probabilities;
+    its lazily computed logits would take N·K logs. Compute them once on the K and broadcast."""
+    if not isinstance(fn, Categorical) or "logits" in fn.__dict__:
+        return
+    probs = fn.probs
+    shared = [i for i in range(probs.dim() - 1) if probs.stride(i) == 0 and probs.size(i) > 1]
+    if shared:
+        compact = probs[tuple(slice(0, 1) if i in shared else slice(None) for i in range(probs.dim()))]
+        fn.__dict__["logits"] = probs_to_logits(compact).expand(probs.shape)
+
+
 class LatentPolicy(Messenger):
     """Enumerate finite discrete latents, point-estimate continuous global latents.
 
@@ -95,6 +108,7 @@ class LatentPolicy(Messenger):
                 )
             if self.enumerate:
                 msg["infer"]["enumerate"] = "parallel"
+                _share_broadcast_logits(fn)
             return
         if fn.support.is_discrete:
             raise ValueError(
