@@ -7,15 +7,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-try:  # scikit-learn is optional: reuse its exception types when it is installed
-    from sklearn.exceptions import ConvergenceWarning, NotFittedError
-except ImportError:  # pragma: no cover - exercised only without scikit-learn
-
-    class ConvergenceWarning(UserWarning):
-        """An EM run stopped at ``max_iter`` before its lower bound converged."""
-
-    class NotFittedError(ValueError, AttributeError):
-        """The estimator is used before ``fit``."""
+from ._exceptions import ConvergenceWarning, NotFittedError  # noqa: F401  (re-exported)
 
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")

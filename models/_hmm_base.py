@@ -20,8 +20,8 @@ from pyro.distributions import constraints
 
 from pyroem import EM, MonotonicityWarning
 
+from ._exceptions import NotFittedError
 from ._hmm_inputs import (
-    NotFittedError,
     check_dtype,
     check_int,
     check_lengths,

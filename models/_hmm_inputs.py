@@ -8,8 +8,6 @@ import numpy as np
 import torch
 
 
-class NotFittedError(ValueError, AttributeError):
-    """An estimator was used before ``fit`` (or before its parameters were set)."""
 
 
 def check_int(value, name: str, minimum: int) -> int:

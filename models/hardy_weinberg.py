@@ -18,7 +18,7 @@ from pyro.distributions import constraints
 
 from pyroem import EM, log_likelihood, posterior
 
-from ._hmm_inputs import NotFittedError
+from ._exceptions import NotFittedError
 from ._hw_inputs import AlleleSystem, build_system, check_counts, check_init
 
 __all__ = ["HardyWeinberg", "NotFittedError", "hardy_weinberg_model"]

@@ -16,7 +16,8 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from ._hmm_base import BaseHMM, ConvergenceMonitor, bind_model
-from ._hmm_inputs import NotFittedError, check_2d, check_int, check_probs, random_state_of
+from ._exceptions import NotFittedError
+from ._hmm_inputs import check_2d, check_int, check_probs, random_state_of
 from ._kmeans import kmeans
 
 __all__ = [

@@ -1,0 +1,4 @@
+"""The ``pyroem`` console script."""
+from .main import main
+
+__all__ = ["main"]
