@@ -1,4 +1,5 @@
 """pyroem: exact expectation-maximization for Pyro models with discrete latent variables."""
+from .checkpoint import Checkpoint, load_checkpoint
 from .diagnostics import MonotonicityWarning
 from .em import EM
 from .expectations import Expectations
@@ -7,10 +8,12 @@ from .results import EMResult
 
 __version__ = "0.1.0"
 __all__ = [
+    "Checkpoint",
     "EM",
     "EMResult",
     "Expectations",
     "MonotonicityWarning",
+    "load_checkpoint",
     "log_likelihood",
     "posterior",
 ]

@@ -1,9 +1,13 @@
 """Checks that run alongside the EM iterations."""
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Mapping
 
 import torch
+
+from .handlers import is_map_site, is_subsample_site
 
 
 class MonotonicityWarning(UserWarning):
@@ -28,3 +32,47 @@ def check_monotone(previous: float, current: float, step: int, dtype: torch.dtyp
         )
         return False
     return True
+
+
+def _sites(names) -> str:
+    names = list(names)
+    shown = ", ".join(f"'{n}'" for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def explain_nonfinite(value: float, trace, params: Mapping[str, torch.Tensor]) -> str:
+    """Why ``log p(y|θ)`` came out as ``value`` (NaN or ±inf): non-finite params or data, or the
+    sites whose log-probabilities are NaN / +inf / -inf, and what to check."""
+    bad_params = [n for n, v in params.items() if not bool(torch.isfinite(v.detach()).all())]
+    if bad_params:
+        return f"the parameter(s) {_sites(bad_params)} are not finite"
+    bad_data, nan_sites, pos_sites, neg_sites = [], [], [], []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or is_subsample_site(site):
+            continue
+        v = site["value"]
+        if (site["is_observed"] and not is_map_site(site) and torch.is_tensor(v)
+                and v.is_floating_point() and not bool(torch.isfinite(v).all())):
+            bad_data.append(f"'{name}' ({int((~torch.isfinite(v)).sum())} values)")
+        lp = site.get("log_prob")
+        if torch.is_tensor(lp):
+            if bool(torch.isnan(lp).any()):
+                nan_sites.append(name)
+            if bool((lp == math.inf).any()):
+                pos_sites.append(name)
+            if bool((lp == -math.inf).any()):
+                neg_sites.append(name)
+    if bad_data:
+        return (f"the observed data hold NaN/inf at site(s) {', '.join(bad_data)}; "
+                "check the data for NaN/inf (mask missing values with poutine.mask or obs_mask)")
+    if math.isnan(value):
+        where = f" at site(s) {_sites(nan_sites)}" if nan_sites else ""
+        return (f"a log-probability is NaN{where}; check the data for NaN/inf and the model for "
+                "undefined arithmetic such as 0·inf or inf - inf")
+    if value > 0:
+        where = f" at site(s) {_sites(pos_sites)}" if pos_sites else ""
+        return (f"a density is infinite{where} (e.g. a scale of 0 at a data point): the "
+                "likelihood is unbounded at these parameters")
+    where = f"; -inf log-probabilities occur at site(s) {_sites(neg_sites)}" if neg_sites else ""
+    return ("the data are impossible under the model at these parameters (an observation of "
+            f"probability zero under every value of the latents){where}")

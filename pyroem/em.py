@@ -1,23 +1,46 @@
 """The EM runner: ``EM(model, updates).step(...)`` / ``.fit(...)``, the EM counterpart of ``pyro.infer.SVI``."""
 from __future__ import annotations
 
-import math
-import numbers
+import logging
+import os
 import warnings
-from typing import Callable, Dict, List, Mapping, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .diagnostics import check_monotone
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .diagnostics import check_monotone, explain_nonfinite
 from .estep import contract_trace
 from .expectations import Expectations
 from .mstep import AutogradMStep, expected_log_joint, write_params
 from .model_trace import ModelTracer
 from .results import EMResult
+from .validation import (
+    check_callback,
+    check_checkpoint,
+    check_max_iter,
+    check_max_plate_nesting,
+    check_model,
+    check_tol,
+    check_updates,
+    require_observed,
+)
 
 Updates = Callable[..., Mapping[str, torch.Tensor]]
+Callback = Callable[[int, float, Dict[str, torch.Tensor]], Optional[bool]]
+logger = logging.getLogger("pyroem")
+
+
+@dataclass
+class _Good:
+    """The last parameters whose log-likelihood was evaluated: θ_n, as unconstrained values."""
+
+    n: int
+    snapshot: Dict[str, torch.Tensor]
+    rng_state: Optional[torch.Tensor]
 
 
 class EM:
@@ -35,27 +58,28 @@ class EM:
 
     def __init__(self, model: Callable, updates: Optional[Updates] = None,
                  max_plate_nesting: Optional[int] = None) -> None:
-        if updates is not None and not callable(updates):
-            raise TypeError(f"updates must be a callable returning {{name: value}}, got {type(updates).__name__}")
-        self.tracer = ModelTracer(model, max_plate_nesting)
-        self.model = model
-        self.updates = updates
+        self.model = check_model(model)
+        self.updates = check_updates(updates)
+        self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting))
         self.autograd_mstep = AutogradMStep()
         self._last_step: Optional[tuple] = None
 
     # -- the two halves --------------------------------------------------------------
     def e_step(self, *args, **kwargs) -> Expectations:
         """Posterior expectations at the current params; raises if ``log p(y|θ)`` is not finite."""
+        return self._e_step(args, kwargs, "at the current parameters")
+
+    def _e_step(self, args: tuple, kwargs: dict, where: str) -> Expectations:
         with torch.no_grad():
             trace = self.tracer.trace(args, kwargs)
         self.tracer.require_fittable()
+        require_observed(trace)
         expect = Expectations(contract_trace(trace))
         ll = expect.log_likelihood
         if not bool(torch.isfinite(ll)):
-            raise ValueError(
-                f"log p(y|θ) is {float(ll)} at the current parameters: the data are impossible "
-                "under the model (a zero-probability observation) or a parameter is not finite"
-            )
+            value = float(ll)
+            why = explain_nonfinite(value, trace, self.tracer.params())
+            raise ValueError(f"log p(y|θ) is {value} {where}: {why}")
         return expect
 
     def q(self, expect: Expectations, *args, **kwargs) -> torch.Tensor:
@@ -87,7 +111,10 @@ class EM:
         return {k: v.detach() for k, v in self.tracer.params().items()}
 
     def step(self, *args, **kwargs) -> float:
-        """One E+M step; returns ``log p(y|θ)`` at the θ it started from (like ``SVI.step``)."""
+        """One E+M step; returns ``log p(y|θ)`` at the θ it started from (like ``SVI.step``).
+
+        If the M-step fails (an exception, or an interrupt), the params are put back as they were.
+        """
         expect = self.e_step(*args, **kwargs)
         ll = float(expect.log_likelihood)
         key = tuple(map(id, args)) + tuple((k, id(v)) for k, v in sorted(kwargs.items()))
@@ -96,72 +123,127 @@ class EM:
             check_monotone(self._last_step[1], ll, n, expect.log_likelihood.dtype)
         else:
             n = 1
-        self.m_step(expect, *args, **kwargs)
+        before = self._snapshot()
+        try:
+            self.m_step(expect, *args, **kwargs)
+        except BaseException:
+            self._restore(before)
+            self._last_step = None
+            raise
         self._last_step = (key, ll, n)
         return ll
 
     def fit(self, *args, max_iter: int = 100, tol: float = 1e-8, progress: bool = False,
-            callback: Optional[Callable[[int, float, Dict[str, torch.Tensor]], Optional[bool]]] = None,
-            **kwargs) -> EMResult:
+            callback: Optional[Callback] = None,
+            checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None, checkpoint_every: int = 10,
+            resume: bool = False, **kwargs) -> EMResult:
         """Iterate until ``|Δ log p(y|θ)| ≤ tol · max(1, |log p(y|θ)|)`` or ``max_iter`` M-steps.
 
         ``callback(n_iter, log_likelihood, params)`` sees each evaluated θ; returning True stops.
-        A ``KeyboardInterrupt`` or an exception in ``callback`` returns the last evaluated
-        parameters with ``converged=False`` and a warning.
+        A ``KeyboardInterrupt``, or an exception in ``callback``, returns the last evaluated
+        parameters with ``converged=False`` and a warning. Any other exception (e.g. a
+        non-finite ``log p(y|θ)`` after a step, or a bad closed-form update) restores the param
+        store to the last evaluated parameters before it propagates.
+
+        :param checkpoint: a file path: the fit's state (params, history, ``n_iter``) is written
+            there atomically every ``checkpoint_every`` steps and when the fit ends (converged,
+            ``max_iter``, stopped by the callback, interrupted, or failed), so a crash never
+            leaves a partial file.
+        :param checkpoint_every: steps between two checkpoints (int >= 1).
+        :param resume: continue from ``checkpoint``: the params get its values, the history
+            continues and the step count goes on from its ``n_iter``; ``max_iter`` counts all
+            steps, those before the checkpoint included, so a resumed fit ends where an
+            uninterrupted one would, with the same parameters. torch's RNG state is restored
+            from the file too (a subsampled plate then draws the same minibatches). With no file
+            at ``checkpoint`` the fit starts fresh (logged at INFO level on the ``pyroem``
+            logger), so one script serves the first run and every restart. A file that is not a
+            pyroem checkpoint, is truncated, or does not match the model raises ``ValueError``.
         """
-        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
-            raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
-        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0 or math.isinf(tol):
-            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        if callback is not None and not callable(callback):
-            raise TypeError("callback must be callable")
+        max_iter = check_max_iter(max_iter)
+        tol = check_tol(tol)
+        callback = check_callback(callback)
+        path = check_checkpoint(checkpoint, checkpoint_every, resume)
+        self._last_step = None
+        self.tracer.ensure_probed(args, kwargs)
         history: List[float] = []
-        n_iter, converged = 0, False
-        good: Optional[Dict[str, torch.Tensor]] = None
-        bar = tqdm(total=max_iter, desc="EM", disable=not progress, leave=False)
+        n_iter = 0
+        if resume:
+            history, n_iter = self._resume(path)
+        first, converged, reason = n_iter, False, "max_iter"
+        good: Optional[_Good] = None
+        phase = "e"
+        bar = tqdm(total=max_iter, initial=min(n_iter, max_iter), desc="EM", disable=not progress, leave=False)
         try:
             while True:
-                try:
-                    expect = self.e_step(*args, **kwargs)
-                except ValueError as err:
-                    if good is None:
-                        raise
-                    self._restore(good)
-                    raise ValueError(f"step {n_iter}: {err}; parameters restored to step {n_iter - 1}") from err
+                rng = torch.get_rng_state() if path is not None else None
+                if path is not None and n_iter > first and n_iter % checkpoint_every == 0:
+                    phase = "checkpoint"
+                    self._save(path, history, n_iter, rng)
+                phase = "e"
+                where = "at the starting parameters" if n_iter == 0 else f"after step {n_iter}"
+                expect = self._e_step(args, kwargs, where)
                 ll = float(expect.log_likelihood)
-                good = self._snapshot()
                 if history:
                     check_monotone(history[-1], ll, n_iter, expect.log_likelihood.dtype)
                     change = ll - history[-1]
                     bar.set_postfix(log_lik=f"{ll:.6g}", change=f"{change:.2e}")
                     converged = abs(change) <= tol * max(1.0, abs(ll))
                 history.append(ll)
+                good = _Good(n_iter, self._snapshot(), rng)
                 if callback is not None:
+                    phase = "callback"
                     try:
                         stop = callback(n_iter, ll, self.params)
                     except Exception as err:  # a callback's failure must not lose the fit
-                        return self._interrupted(good, history, n_iter, f"stopped by the callback's {err!r}")
+                        return self._stopped(good, history, path, "callback_error",
+                                             f"stopped by the callback's {err!r}")
                     if stop:
+                        reason = "callback"
                         break
-                if converged or n_iter >= max_iter:
+                if converged:
+                    reason = "converged"
                     break
+                if n_iter >= max_iter:
+                    break
+                phase = "m"
                 self.m_step(expect, *args, **kwargs)
                 n_iter += 1
                 bar.update(1)
         except KeyboardInterrupt:
             if good is None:
                 raise
-            return self._interrupted(good, history, n_iter, "interrupted")
+            return self._stopped(good, history, path, "interrupted", "interrupted")
+        except Exception as err:
+            if good is None:
+                raise
+            self._restore(good.snapshot)
+            self._last_step = None
+            restored = (f"the parameters are restored to those after step {good.n} "
+                        f"(log-likelihood {history[good.n]:.10g})")
+            if path is not None:
+                self._save(path, history[:good.n + 1], good.n, good.rng_state, reason="error")
+                restored += f" and saved to the checkpoint {path!r}"
+            if phase == "e" and isinstance(err, ValueError):
+                raise ValueError(f"{err}; {restored}") from err
+            if hasattr(err, "add_note"):  # Python >= 3.11
+                during = {"m": f"in the M-step of step {n_iter + 1}", "e": f"evaluating θ after step {n_iter}",
+                          "checkpoint": f"writing the checkpoint after step {n_iter}"}
+                err.add_note(f"pyroem: the EM fit failed {during.get(phase, phase)}; {restored}")
+            raise
         finally:
             bar.close()
-        self._last_step = None
-        return EMResult(self.params, history[-1], history, n_iter, converged)
+        if path is not None:
+            self._save(path, history, n_iter, rng, converged, reason)
+        return EMResult(self.params, history[-1], history, n_iter, converged, reason)
 
     # -- helpers ---------------------------------------------------------------------
+    def _names(self) -> Tuple[str, ...]:
+        return tuple(self.tracer.params())
+
     def _snapshot(self) -> Dict[str, torch.Tensor]:
         """Unconstrained values of every fitted param (restored exactly, no round trip)."""
         store = pyro.get_param_store()
-        return {n: store.get_param(n).unconstrained().detach().clone() for n in self.tracer.params()}
+        return {n: store.get_param(n).unconstrained().detach().clone() for n in self._names()}
 
     def _restore(self, snapshot: Dict[str, torch.Tensor]) -> None:
         store = pyro.get_param_store()
@@ -169,9 +251,30 @@ class EM:
             for name, value in snapshot.items():
                 store.get_param(name).unconstrained().copy_(value)
 
-    def _interrupted(self, good, history, n_iter, why) -> EMResult:
-        self._restore(good)
+    def _save(self, path: str, history: List[float], n_iter: int, rng: Optional[torch.Tensor],
+              converged: bool = False, reason: str = "running") -> None:
+        state = Checkpoint.capture(self._names(), history, n_iter,
+                                   torch.get_rng_state() if rng is None else rng, converged, reason)
+        save_checkpoint(path, state)
+
+    def _resume(self, path: str) -> Tuple[List[float], int]:
+        """Load ``path`` into the param store; the history and step count to continue from."""
+        if not os.path.exists(path):
+            logger.info("no checkpoint at %r: starting a fresh EM fit", path)
+            return [], 0
+        state = load_checkpoint(path)
+        state.restore(self._names(), path)
+        torch.set_rng_state(state.rng_state)
+        # θ_{n_iter} is evaluated again (same value): the loop appends its log-likelihood.
+        return list(state.history[:state.n_iter]), state.n_iter
+
+    def _stopped(self, good: _Good, history: List[float], path: Optional[str], reason: str, why: str) -> EMResult:
+        """The result at the last evaluated parameters after an interrupt or a callback failure."""
+        self._restore(good.snapshot)
         self._last_step = None
-        warnings.warn(f"EM fit {why} after {n_iter} steps; returning the last evaluated parameters "
+        history = history[:good.n + 1]
+        if path is not None:
+            self._save(path, history, good.n, good.rng_state, reason=reason)
+        warnings.warn(f"EM fit {why} after {good.n} steps; returning the last evaluated parameters "
                       "with converged=False", RuntimeWarning, stacklevel=3)
-        return EMResult(self.params, history[-1], history, n_iter, False)
+        return EMResult(self.params, history[-1], history, good.n, False, reason)

@@ -176,6 +176,8 @@ class EStep:
     dim_size: Dict[str, int]
     site_ordinals: Dict[str, frozenset]
     enum_symbols: Dict[str, str]
+    pieces: List[torch.Tensor] = field(default_factory=list)
+    constant_factors: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
@@ -195,6 +197,7 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
     sum_dims = set(enum_symbols.values())
     factors: List[Factor] = []
     constant_sites: List[str] = []
+    constant_factors: Dict[str, torch.Tensor] = {}
     site_ordinals: Dict[str, frozenset] = {}
     constant = 0.0
     for name, site in trace.nodes.items():
@@ -213,6 +216,7 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
         if t is None or not sum_dims.intersection(dims_of(t)):
             constant = constant + site["log_prob"].sum()
             constant_sites.append(name)
+            constant_factors[name] = pk["log_prob"]
             continue
         factors.append(Factor(name, t, site_ordinals[name], _packed_scale(site)))
     comps = _components(factors, sum_dims) if factors else []
@@ -249,7 +253,23 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
     ll = sum(scaled, torch.zeros((), dtype=_dtype(trace), device=_device(trace))) + constant
     if not differentiable:
         ll = ll.detach()
-    return EStep(trace, ll, comps, constant_sites, dim_size, site_ordinals, enum_symbols)
+    if not differentiable:
+        scaled_pieces = [_scaled(comp, logz) for comp, logz in zip(comps, pieces)]
+    else:
+        scaled_pieces = []
+    return EStep(trace, ll, comps, constant_sites, dim_size, site_ordinals, enum_symbols,
+                 scaled_pieces, constant_factors)
+
+
+def _scaled(comp: Component, logz: torch.Tensor) -> torch.Tensor:
+    """A component's log Z per target-plate element, times its ``poutine.scale``."""
+    dims = dims_of(logz)
+    logz = logz.detach()
+    if isinstance(comp.scale, torch.Tensor):
+        out = align(comp.scale, dims_of(comp.scale), dims) * logz
+    else:
+        out = comp.scale * logz
+    return with_dims(out, dims)
 
 
 def _first_log_prob(trace: Trace) -> torch.Tensor:

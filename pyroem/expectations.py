@@ -26,6 +26,35 @@ class Expectations:
     def log_likelihood(self) -> torch.Tensor:
         return self._e.log_likelihood
 
+    def log_likelihood_by(self, plate: str) -> torch.Tensor:
+        """``log p(y_i | θₙ)`` for each element i of ``plate``, shape ``(plate size,)``.
+
+        Defined when the model factors over the plate (a batch of independent datasets, the
+        data points of a mixture, the sequences of an HMM): every latent lives inside it.
+        Observed sites outside the plate (priors of global MAP sites) are left out.
+        """
+        trace = self._e.trace
+        if plate not in trace.plate_to_symbol:
+            known = ", ".join(repr(p) for p in trace.plate_to_symbol) or "none"
+            raise ValueError(f"log_likelihood_by: the model has no vectorized plate '{plate}' (plates: {known})")
+        sym = trace.plate_to_symbol[plate]
+        ll = self._e.log_likelihood
+        out = torch.zeros(self._e.dim_size.get(sym, 1), dtype=ll.dtype, device=ll.device)
+        for comp, piece in zip(self._e.components, self._e.pieces):
+            dims = dims_of(piece)
+            if sym not in dims:
+                sites = ", ".join(f"'{f.site}'" for f in comp.factors)
+                raise ValueError(
+                    f"log_likelihood_by('{plate}'): the log-likelihood does not factor over the plate; "
+                    f"sites {sites} share latents across its elements"
+                )
+            out = out + reduce_to(piece, dims, sym).reshape(out.shape)
+        for t in self._e.constant_factors.values():
+            dims = dims_of(t)
+            if sym in dims:
+                out = out + reduce_to(t, dims, sym).reshape(out.shape)
+        return out
+
     @property
     def latent_sites(self) -> List[str]:
         return list(self._e.enum_symbols)

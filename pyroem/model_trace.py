@@ -69,6 +69,11 @@ class ModelTracer:
         )
         self._probed = True
 
+    def ensure_probed(self, args: tuple, kwargs: dict) -> None:
+        """Probe the model on these arguments unless it has been probed already."""
+        if not self._probed:
+            self.probe(args, kwargs)
+
     def require_fittable(self) -> None:
         if not self.param_names and not self.map_sites:
             raise ValueError(
@@ -104,8 +109,7 @@ class ModelTracer:
         self, args: tuple, kwargs: dict, subsample: Optional[Dict[str, torch.Tensor]] = None
     ) -> Trace:
         """An enumerated trace with ``log_prob`` computed at every sample site."""
-        if not self._probed:
-            self.probe(args, kwargs)
+        self.ensure_probed(args, kwargs)
         trace = poutine.trace(self.enumerated_model(subsample)).get_trace(*args, **kwargs)
         trace.compute_log_prob(site_filter=lambda name, site: not is_subsample_site(site))
         return trace

@@ -17,7 +17,7 @@ def test_wheel_contains_models_subpackage(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("pyroem", "models"):
+    for name in ("pyroem", "models", "cli"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     out = tmp_path / "wheels"
     # built from a copy so that no build/ or egg-info lands in the checkout; no build isolation,
