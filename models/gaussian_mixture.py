@@ -34,6 +34,7 @@ from ._gaussian import (
     precisions,
     precisions_cholesky,
 )
+from ._gmm_batch import fit_batch
 from ._gmm_init import initial_resp
 from ._gmm_validation import (
     ConvergenceWarning,
@@ -200,6 +201,15 @@ class GaussianMixture:
         """Fit by EM (``n_init`` starts, the best lower bound kept); returns ``self``."""
         self.fit_predict(X, y, sample_weight=sample_weight)
         return self
+
+    def fit_batch(self, X, sample_weight=None) -> List["GaussianMixture"]:
+        """Fit B datasets of one shape at once (``X`` ``(B, N, D)`` or a list); returns B fitted copies.
+
+        One batched E-step serves every dataset; each stops on its own lower bound (``tol``).
+        ``sample_weight`` ``(B, N)`` may pad datasets of unequal sizes with zeros; ``weights_init``,
+        ``means_init``, ``precisions_init`` are shared or given per dataset (leading ``B`` dim).
+        """
+        return fit_batch(self, X, sample_weight)
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then label ``X`` by a final E-step (consistent with ``fit(X).predict(X)``)."""
