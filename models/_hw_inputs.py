@@ -155,7 +155,7 @@ def _as_vector(values, names: Sequence, what: str, key: str) -> np.ndarray:
 
 
 def check_counts(counts, phenotypes: Sequence) -> np.ndarray:
-    """Finite non-negative phenotype counts, not all zero, in phenotype order."""
+    """Finite, non-negative whole-number phenotype counts, not all zero, in phenotype order."""
     arr = _as_vector(counts, phenotypes, "counts", "phenotype")
     if np.isnan(arr).any():
         raise ValueError(f"counts contain NaN: {arr.tolist()}")
@@ -164,6 +164,10 @@ def check_counts(counts, phenotypes: Sequence) -> np.ndarray:
     if (arr < 0).any():
         bad = [phenotypes[i] for i in np.flatnonzero(arr < 0)]
         raise ValueError(f"counts must be non-negative; negative for phenotype(s) {bad}")
+    fractional = np.flatnonzero(arr != np.round(arr))
+    if fractional.size:
+        bad = [phenotypes[i] for i in fractional]
+        raise ValueError(f"counts must be whole numbers; not whole for phenotype(s) {bad}: {arr[fractional].tolist()}")
     if not arr.sum() > 0:
         raise ValueError("counts are all zero: there is nothing to fit")
     return arr

@@ -132,6 +132,10 @@ class Expectations:
             deeper = b if ob >= oa else a
             if not (ob >= oa or oa >= ob):
                 raise ValueError(f"joint('{a}', '{b}'): the two sites sit in unrelated plates")
+            if self._e.dim_size.get(sa, 1) == 1 or self._e.dim_size.get(sb, 1) == 1:
+                # a latent with a single possible value is independent of everything
+                self._cache[key] = self.marginal(a).unsqueeze(-1) * self.marginal(b).unsqueeze(-2)
+                return self._cache[key]
             plates = self._plates(deeper)
             t, dims = self._posterior(sa + sb, self._e.site_ordinals[deeper], plates, f"joint('{a}', '{b}')")
             self._cache[key] = self._shape_out(t, dims, deeper, sa + sb)

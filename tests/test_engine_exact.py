@@ -151,3 +151,18 @@ def test_single_category_latent_has_marginal_one_and_exact_log_likelihood():
     assert expect.marginal("z").shape == (4, 1)
     assert torch.equal(expect.marginal("z"), torch.ones(4, 1, dtype=torch.float64))
     assert float(expect.log_likelihood) == pytest.approx(norm.logpdf(x.numpy(), 0.5, 1.0).sum(), abs=1e-12)
+
+
+def test_joint_with_a_single_valued_latent_is_the_other_marginal():
+    def model(y):
+        p = pyro.param("p", torch.ones(1, dtype=y.dtype))
+        trans = pyro.param("trans", torch.tensor([[0.3, 0.7]], dtype=y.dtype))
+        x0 = pyro.sample("x_0", dist.Categorical(p))
+        pyro.sample("y_0", dist.Normal(x0.to(y.dtype), 1.0), obs=y[0])
+        x1 = pyro.sample("x_1", dist.Categorical(trans[x0]))
+        pyro.sample("y_1", dist.Normal(x1.to(y.dtype), 1.0), obs=y[1])
+
+    y = torch.tensor([0.1, 0.8], dtype=torch.float64)
+    joint = pyroem.EM(model).e_step(y).joint("x_0", "x_1")
+    post = np.array([0.3, 0.7]) * norm.pdf(0.8, [0.0, 1.0], 1.0)
+    np.testing.assert_allclose(joint.numpy(), (post / post.sum())[None, :], rtol=1e-12)
