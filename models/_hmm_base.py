@@ -17,15 +17,19 @@ import numpy as np
 import pyro
 import torch
 from pyro.distributions import constraints
+from torch.distributions import transform_to
 
 from pyroem import EM, MonotonicityWarning
+from pyroem.diagnostics import check_monotone
 
 from ._exceptions import NotFittedError
+from ._forward_backward import expectations, log_partition
 from ._hmm_inputs import (
     check_dtype,
     check_int,
     check_lengths,
     check_letters,
+    check_prior,
     check_probs,
     pad_sequences,
     random_state_of,
@@ -33,6 +37,14 @@ from ._hmm_inputs import (
 from ._hmm_viterbi import viterbi
 
 DECODERS = ("viterbi", "map")
+#: ``"auto"``: ``"scan"`` for sequences of at least ``SCAN_FROM`` steps, else ``"log"``;
+#: ``"log"``: forward recursion, sequential in time, vectorized over sequences (hmmlearn's
+#: default name; ``"scaling"``, hmmlearn's other one, is accepted as the same); ``"scan"``:
+#: parallel in time, for few long sequences; ``"engine"``: ``pyroem.EM`` on the Pyro model.
+IMPLEMENTATIONS = ("auto", "log", "scaling", "scan", "engine")
+#: the sequential recursion costs tens of microseconds per time step whatever the batch, so past
+#: about a thousand steps the parallel-in-time scan is faster (benchmarks/bench_hmm.py)
+SCAN_FROM = 1024
 
 
 class ConvergenceMonitor:
@@ -95,6 +107,15 @@ class BaseHMM:
     emissions, and the latent steps left in the chain after a sequence ends integrate to one.
     Updates follow hmmlearn's M-step; where hmmlearn would leave a row without any expected
     count as zeros (no transition ever observed from a state), the old row is kept.
+
+    ``implementation`` picks the E-step: ``"auto"`` (default) takes ``"scan"`` when the longest
+    sequence has at least 1024 steps and ``"log"`` otherwise; ``"log"`` computes ``log p(X)`` by the forward
+    recursion (O(T K²) in T sequential steps, vectorized over sequences; scaled, and in log space
+    wherever a scale would underflow) and the posteriors as its gradient; ``"scan"`` computes the
+    same quantities from products of the per-step transition matrices, chunked and reduced
+    pairwise over time (O(T K³) work in about 32 + log₂ T sequential steps: the fast choice for a
+    few long sequences); ``"engine"`` traces the Pyro model function through ``pyroem.EM`` (slow;
+    the reference path). ``"scaling"`` is accepted for hmmlearn code and means ``"log"``.
     """
 
     #: parameter codes: one letter per fitted parameter, e.g. "s" startprob, "t" transmat.
@@ -103,7 +124,7 @@ class BaseHMM:
     def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0,
                  algorithm: str = "viterbi", random_state=None, n_iter: int = 10, tol: float = 1e-2,
                  verbose: bool = False, params: str = "st", init_params: str = "st",
-                 device=None, dtype: torch.dtype = torch.float64) -> None:
+                 device=None, dtype: torch.dtype = torch.float64, implementation: str = "auto") -> None:
         self.n_components = n_components
         self.startprob_prior = startprob_prior
         self.transmat_prior = transmat_prior
@@ -116,6 +137,7 @@ class BaseHMM:
         self.init_params = init_params
         self.device = device
         self.dtype = dtype
+        self.implementation = implementation
 
     # -- subclass hooks ---------------------------------------------------------------
     def _pyro_model(self) -> Callable:
@@ -168,6 +190,9 @@ class BaseHMM:
     def _check_hyper(self) -> None:
         check_int(self.n_components, "n_components", 1)
         check_int(self.n_iter, "n_iter", 0)
+        k = check_int(self.n_components, "n_components", 1)
+        check_prior(self.startprob_prior, "startprob_prior", (k,), 0, strict=True)
+        check_prior(self.transmat_prior, "transmat_prior", (k, k), 0, strict=True)
         if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or math.isnan(self.tol):
             raise ValueError(f"tol must be a number, got {self.tol!r}")
         if self.algorithm not in DECODERS:
@@ -175,6 +200,7 @@ class BaseHMM:
         check_letters(self.params, "params", self._codes)
         check_letters(self.init_params, "init_params", self._codes)
         check_dtype(self.dtype)
+        self._method()
 
     def _check_fitted(self) -> None:
         missing = [attr.lstrip("_") for attr, _ in self._all_params().values() if not hasattr(self, attr)]
@@ -228,23 +254,94 @@ class BaseHMM:
         return X, lengths, Xpad, mask
 
     # -- Baum-Welch ------------------------------------------------------------------
-    def _updates(self, expect, Xpad: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Closed-form M-step from the posterior marginals and consecutive-pair joints."""
-        t_max = Xpad.shape[1]
-        p = {name: pyro.param(name).detach() for name in self._all_params()}
-        w = mask.to(p["startprob"].dtype)
-        gamma = torch.stack([expect.marginal(f"x_{t}") for t in range(t_max)], dim=1) * w.unsqueeze(-1)
+    def _m_step(self, gamma: torch.Tensor, trans: torch.Tensor, Xpad: torch.Tensor,
+                p: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """hmmlearn's closed-form update from masked state posteriors ``gamma`` (N, T, K) and
+        expected transition counts ``trans`` (K, K)."""
         new = dict(p)
         if "s" in self.params:
             new["startprob"] = dirichlet_map(gamma[:, 0].sum(0), self.startprob_prior, p["startprob"])
         if "t" in self.params:
-            trans = torch.zeros_like(p["transmat"])
-            for t in range(1, t_max):
-                xi = expect.joint(f"x_{t - 1}", f"x_{t}")
-                trans = trans + (xi * w[:, t, None, None]).sum(0)
             new["transmat"] = dirichlet_map(trans, self.transmat_prior, p["transmat"])
         new.update(self._emission_updates(gamma, Xpad, p))
         return new
+
+    def _updates(self, expect, Xpad: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The engine path's M-step: the posteriors read from ``expect``, then ``_m_step``."""
+        t_max = Xpad.shape[1]
+        p = {name: pyro.param(name).detach() for name in self._all_params()}
+        w = mask.to(p["startprob"].dtype)
+        gamma = torch.stack([expect.marginal(f"x_{t}") for t in range(t_max)], dim=1) * w.unsqueeze(-1)
+        trans = torch.zeros_like(p["transmat"])
+        if "t" in self.params:
+            for t in range(1, t_max):
+                xi = expect.joint(f"x_{t - 1}", f"x_{t}")
+                trans = trans + (xi * w[:, t, None, None]).sum(0)
+        return self._m_step(gamma, trans, Xpad, p)
+
+    def _method(self, t_max: int = 0) -> str:
+        """The E-step method of ``_forward_backward`` for ``implementation`` (checked here)."""
+        if not isinstance(self.implementation, str) or self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}")
+        if self.implementation == "auto":
+            return "scan" if t_max >= SCAN_FROM else "forward"
+        return "scan" if self.implementation == "scan" else "forward"
+
+    def _log_factors(self, Xpad: torch.Tensor, p: Dict[str, torch.Tensor]):
+        return torch.log(p["startprob"]), torch.log(p["transmat"]), self._log_emission(Xpad, p)
+
+    def _expect(self, Xpad: torch.Tensor, mask: torch.Tensor, p: Dict[str, torch.Tensor]):
+        """``(log p(X_n) (N,), γ (N, T, K), expected transition counts (K, K))``."""
+        with torch.no_grad():
+            factors = self._log_factors(Xpad, p)
+        log_z, gamma, trans = expectations(*factors, mask, method=self._method(Xpad.shape[1]))
+        if not bool(torch.isfinite(log_z).all()):
+            bad = int((~torch.isfinite(log_z)).nonzero()[0, 0])
+            raise ValueError(f"sequence {bad} of X has log-likelihood {float(log_z[bad])} under the current "
+                             "parameters (probability 0 or non-finite parameters): no posterior exists")
+        return log_z, gamma, trans
+
+    def _fit_fast(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
+        p = self._param_tensors()
+        check = not self._is_map()
+        for _ in range(self.n_iter):
+            log_z, gamma, trans = self._expect(Xpad, mask, p)
+            ll = float(log_z.sum())
+            if check and self.monitor_.history:
+                check_monotone(self.monitor_.history[-1], ll, self.monitor_.iter, self.dtype)
+            with torch.no_grad():
+                p = self._checked(self._m_step(gamma, trans, Xpad, p))
+            self.monitor_.report(ll)
+            if self.monitor_.converged:
+                break
+        for name, (attr, _) in self._all_params().items():
+            setattr(self, attr, p[name].detach().cpu().numpy().copy())
+
+    def _checked(self, new: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The updated parameters, refused (as the engine path does) when one leaves its
+        constraint or sits on its boundary, e.g. singular covariances from collapsed data."""
+        for name, (_, constraint) in self._all_params().items():
+            value = new[name]
+            inside = bool(constraint.check(value).all()) and bool(torch.isfinite(value).all())
+            if inside and constraint is not constraints.real:
+                inside = bool(torch.isfinite(transform_to(constraint).inv(value)).all())
+            if not inside:
+                raise ValueError(f"the Baum-Welch update of '{name}' is outside its constraint {constraint} "
+                                 "or on its boundary (collapsed data?)")
+        return new
+
+    def _fit_engine(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
+        store = pyro.get_param_store()
+        with store.scope(), warnings.catch_warnings():
+            if self._is_map():
+                warnings.simplefilter("ignore", MonotonicityWarning)
+            self._load_store()
+            em = EM(self._pyro_model(), updates=self._updates, max_plate_nesting=1)
+            for _ in range(self.n_iter):
+                self.monitor_.report(em.step(Xpad, mask))
+                if self.monitor_.converged:
+                    break
+            self._read_store()
 
     def fit(self, X, lengths=None) -> "BaseHMM":
         """Estimate the parameters by Baum-Welch (EM) from ``X`` (sequences of ``lengths``).
@@ -259,17 +356,10 @@ class BaseHMM:
         self._init(X, lengths)
         self._check()
         self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
-        store = pyro.get_param_store()
-        with store.scope(), warnings.catch_warnings():
-            if self._is_map():
-                warnings.simplefilter("ignore", MonotonicityWarning)
-            self._load_store()
-            em = EM(self._pyro_model(), updates=self._updates, max_plate_nesting=1)
-            for _ in range(self.n_iter):
-                self.monitor_.report(em.step(Xpad, mask))
-                if self.monitor_.converged:
-                    break
-            self._read_store()
+        if self.implementation == "engine":
+            self._fit_engine(Xpad, mask)
+        else:
+            self._fit_fast(Xpad, mask)
         return self
 
     @property
@@ -299,6 +389,14 @@ class BaseHMM:
         self._check_fitted()
         self._check()
         X, lengths, Xpad, mask = self._prepare(X, lengths)
+        self._method()                      # validates ``implementation``
+        if self.implementation != "engine":
+            if not marginals:
+                with torch.no_grad():
+                    factors = self._log_factors(Xpad, self._param_tensors())
+                    return float(log_partition(*factors, mask, method=self._method(Xpad.shape[1])).sum()), None
+            log_z, gamma, _ = self._expect(Xpad, mask, self._param_tensors())
+            return float(log_z.sum()), gamma[mask].cpu().numpy()
         store = pyro.get_param_store()
         with store.scope(), torch.no_grad():
             self._load_store()

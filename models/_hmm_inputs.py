@@ -1,19 +1,50 @@
 """Input checks for the HMM estimators and the padding of many sequences into one batch."""
 from __future__ import annotations
 
+import math
 import numbers
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 
-
-
 def check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_real(value, name: str, minimum: float) -> float:
+    """A finite real number ``>= minimum`` (bools, strings and NaN rejected)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def check_prior(value, name: str, shape: Optional[Tuple[int, ...]] = None, minimum: Optional[float] = None,
+                strict: bool = False) -> np.ndarray:
+    """A finite number or array (broadcastable to ``shape`` if given), each entry ``>= minimum``
+    (``> minimum`` when ``strict``): e.g. Dirichlet concentrations must be positive."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}") from None
+    if shape is not None:
+        try:
+            np.broadcast_to(arr, shape)
+        except ValueError:
+            raise ValueError(f"{name} must be a number or an array broadcastable to shape {shape}, "
+                             f"got shape {arr.shape}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and ((arr <= minimum).any() if strict else (arr < minimum).any()):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got min {float(arr.min())!r}")
+    return arr
 
 
 def check_letters(value, name: str, allowed: str) -> str:
@@ -114,3 +145,36 @@ def random_state_of(random_state: Optional[object]) -> np.random.RandomState:
     if isinstance(random_state, np.random.RandomState):
         return random_state
     raise ValueError(f"random_state must be None, an int or a numpy RandomState, got {random_state!r}")
+
+
+def floor_covars(cov: torch.Tensor, covariance_type: str, min_covar: float) -> torch.Tensor:
+    """An updated ``covars`` made valid: ``min_covar`` added to the diagonal of every matrix that is
+    not positive definite (``full``, ``tied``), variances ``<= 0`` raised to ``min_covar``.
+
+    Data that collapse onto a point (all rows identical) give singular updates, which have no
+    Gaussian density for the next E-step. Valid covariances pass through unchanged.
+    """
+    if covariance_type in ("full", "tied"):
+        finite = torch.isfinite(cov).all(-1).all(-1)
+        eig = torch.linalg.eigvalsh(torch.where(finite[..., None, None], cov, torch.zeros_like(cov)))
+        # numerically singular counts as degenerate: the next E-step could not factor it
+        tiny = cov.shape[-1] * torch.finfo(cov.dtype).eps * eig[..., -1:].abs().clamp_min(torch.finfo(cov.dtype).tiny)
+        bad = ~finite | (eig[..., :1] <= tiny).squeeze(-1)
+        if not bool(bad.any()):
+            return cov
+        if not min_covar > 0:
+            raise ValueError(f"covars update is not positive definite (collapsed data?) and min_covar="
+                             f"{min_covar!r} cannot regularize it; use min_covar > 0")
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        fixed = torch.where(bad[..., None, None], torch.nan_to_num(cov) + min_covar * eye, cov)
+    else:
+        bad = ~(cov > 0)  # NaN included
+        if not bool(bad.any()):
+            return cov
+        if not min_covar > 0:
+            raise ValueError(f"covars update has variances <= 0 (collapsed data?) and min_covar="
+                             f"{min_covar!r} cannot regularize it; use min_covar > 0")
+        fixed = torch.where(bad, torch.full_like(cov, min_covar), cov)
+    warnings.warn(f"the '{covariance_type}' covars update was degenerate (collapsed data?); "
+                  f"min_covar={min_covar} was used to keep it positive definite", RuntimeWarning, stacklevel=3)
+    return fixed

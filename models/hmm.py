@@ -1,8 +1,10 @@
-"""Hidden Markov models with hmmlearn's API, fitted by exact EM on a Pyro model.
+"""Hidden Markov models with hmmlearn's API, fitted by exact EM (Baum-Welch).
 
 ``categorical_hmm_model`` and ``gaussian_hmm_model`` are plain Pyro models: copy one as the
-start of a custom HMM. The estimators ``CategoricalHMM`` and ``GaussianHMM`` run them through
-``pyroem.EM`` with hmmlearn's closed-form Baum-Welch updates.
+start of a custom HMM. The estimators ``CategoricalHMM`` and ``GaussianHMM`` get their E-step
+from a batched forward algorithm (posteriors as gradients of ``log p(X)``, see
+``_forward_backward``), or with ``implementation="engine"`` from ``pyroem.EM`` run on those
+model functions; the M-step is hmmlearn's closed-form update either way.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pyro.distributions import constraints
 
 from ._hmm_base import BaseHMM, ConvergenceMonitor, bind_model
 from ._exceptions import NotFittedError
-from ._hmm_inputs import check_2d, check_int, check_probs, random_state_of
+from ._hmm_inputs import check_2d, check_int, check_prior, check_probs, check_real, floor_covars, random_state_of
 from ._kmeans import kmeans
 
 __all__ = [
@@ -116,9 +118,9 @@ class CategoricalHMM(BaseHMM):
                  emissionprob_prior=1.0, n_features: Optional[int] = None, algorithm: str = "viterbi",
                  random_state=None, n_iter: int = 10, tol: float = 1e-2, verbose: bool = False,
                  params: str = "ste", init_params: str = "ste", device=None,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, implementation: str = "auto") -> None:
         super().__init__(n_components, startprob_prior, transmat_prior, algorithm, random_state,
-                         n_iter, tol, verbose, params, init_params, device, dtype)
+                         n_iter, tol, verbose, params, init_params, device, dtype, implementation)
         self.emissionprob_prior = emissionprob_prior
         self.n_features = n_features
 
@@ -174,6 +176,8 @@ class CategoricalHMM(BaseHMM):
             self.n_features = np.shape(self.emissionprob_)[-1]
         self.emissionprob_ = check_probs(self.emissionprob_, "emissionprob_",
                                          (self.n_components, int(self.n_features)))
+        check_prior(self.emissionprob_prior, "emissionprob_prior", (self.n_components, int(self.n_features)), 0,
+                    strict=True)
 
     def _log_emission(self, Xpad, p):
         return torch.log(p["emissionprob"]).T[Xpad]
@@ -219,9 +223,10 @@ class GaussianHMM(BaseHMM):
                  startprob_prior=1.0, transmat_prior=1.0, means_prior=0, means_weight=0,
                  covars_prior=1e-2, covars_weight=1, algorithm: str = "viterbi", random_state=None,
                  n_iter: int = 10, tol: float = 1e-2, verbose: bool = False, params: str = "stmc",
-                 init_params: str = "stmc", device=None, dtype: torch.dtype = torch.float64) -> None:
+                 init_params: str = "stmc", device=None, dtype: torch.dtype = torch.float64,
+                 implementation: str = "auto") -> None:
         super().__init__(n_components, startprob_prior, transmat_prior, algorithm, random_state,
-                         n_iter, tol, verbose, params, init_params, device, dtype)
+                         n_iter, tol, verbose, params, init_params, device, dtype, implementation)
         self.covariance_type = covariance_type
         self.min_covar = min_covar
         self.means_prior = means_prior
@@ -250,8 +255,11 @@ class GaussianHMM(BaseHMM):
         super()._check_hyper()
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}")
-        if not np.isfinite(self.min_covar) or self.min_covar < 0:
-            raise ValueError(f"min_covar must be a finite number >= 0, got {self.min_covar!r}")
+        check_real(self.min_covar, "min_covar", 0)
+        check_prior(self.means_weight, "means_weight", minimum=0)
+        check_prior(self.covars_prior, "covars_prior",
+                    minimum=0 if self.covariance_type in ("spherical", "diag") else None)
+        check_prior(self.covars_weight, "covars_weight")
 
     def _pyro_model(self):
         return bind_model(gaussian_hmm_model, n_components=self.n_components,
@@ -324,6 +332,7 @@ class GaussianHMM(BaseHMM):
             if not np.allclose(mats, np.swapaxes(mats, -1, -2)) or (np.linalg.eigvalsh(mats) <= 0).any():
                 raise ValueError(f"{ct!r} covars_ must be symmetric positive definite")
         self._covars_ = c
+        check_prior(self.means_prior, "means_prior", tuple(self.means_.shape))
 
     def _emission_dist(self, p: Dict[str, torch.Tensor]) -> dist.Distribution:
         k, d = p["means"].shape
@@ -357,26 +366,26 @@ class GaussianHMM(BaseHMM):
         covars_prior, covars_weight = as_t(self.covars_prior), as_t(self.covars_weight)
         meandiff = means - means_prior
         ct = self.covariance_type
+        # Σγ(x-μ)² summed directly, not as Σγx² - 2μΣγx + μ²Σγ: the same number without the
+        # cancellation that costs float32 most of its digits when |μ| is large against the spread
+        diff = Xpad.unsqueeze(-2) - means                           # (N, T, K, D)
         if ct in ("spherical", "diag"):
-            obs2 = torch.einsum("ntk,ntd->kd", gamma, Xpad * Xpad)
-            c_n = means_weight * meandiff ** 2 + obs2 - 2 * means * obs + means ** 2 * denom
+            c_n = means_weight * meandiff ** 2 + torch.einsum("ntk,ntkd->kd", gamma, diff * diff)
             c_d = torch.clamp(covars_weight - 1, min=0) + denom
             cov = (covars_prior + c_n) / torch.clamp(c_d, min=1e-5)
             if ct == "spherical":
                 cov = cov.mean(-1)
         else:
-            outer = torch.einsum("ntk,ntd,nte->kde", gamma, Xpad, Xpad)
-            obsmean = obs.unsqueeze(-1) * means.unsqueeze(-2)
             mw = means_weight if means_weight.dim() == 0 else means_weight.reshape(-1, 1, 1)
-            c_n = (mw * meandiff.unsqueeze(-1) * meandiff.unsqueeze(-2) + outer - obsmean
-                   - obsmean.transpose(-1, -2) + means.unsqueeze(-1) * means.unsqueeze(-2) * post[:, None, None])
+            c_n = (mw * meandiff.unsqueeze(-1) * meandiff.unsqueeze(-2)
+                   + torch.einsum("ntk,ntkd,ntke->kde", gamma, diff, diff))
             cvweight = torch.clamp(covars_weight - means.shape[-1], min=0)
             if ct == "tied":
                 cov = (covars_prior + c_n.sum(0)) / (cvweight + post.sum())
             else:
                 cov = (covars_prior + c_n) / (cvweight + post[:, None, None])
             cov = 0.5 * (cov + cov.transpose(-1, -2))
-        out["covars"] = cov
+        out["covars"] = floor_covars(cov, ct, self.min_covar)
         return out
 
     def _sample_emissions(self, states, rs) -> np.ndarray:

@@ -92,18 +92,8 @@ def ghmm_with(covariance_type="diag", **attrs) -> GaussianHMM:
 
 
 # Checks written in models/_hmm_inputs.py that the HMM estimators do not call yet: drop the marks once they do.
-PENDING_MIN_COVAR = "GaussianHMM._check_hyper should call _hmm_inputs.check_real(min_covar, 'min_covar', 0)"
-PENDING_PRIORS = "the HMMs' _check_hyper / _check_emissions should call _hmm_inputs.check_prior on every prior"
-PENDING_FLOOR = "GaussianHMM._emission_updates should pass the covars update through _hmm_inputs.floor_covars"
-
-
 def case(name, exc, match, action):
     return pytest.param(action, exc, match, id=name)
-
-
-def pending(name, match, action, reason=PENDING_PRIORS):
-    """A ValueError case whose check exists in models/_hmm_inputs.py but is not called yet."""
-    return pytest.param(action, ValueError, match, id=name, marks=pytest.mark.xfail(strict=True, reason=reason))
 
 
 # -- GaussianMixture ---------------------------------------------------------------------------------
@@ -276,21 +266,21 @@ HMM_CASES = [
     case("gauss covariance_type unknown", ValueError, r"covariance_type must be one of", lambda: ghmm(covariance_type="block").fit(GX)),
     case("gauss min_covar negative", ValueError, r"min_covar must be a finite number >= 0", lambda: ghmm(min_covar=-1e-3).fit(GX)),
     case("gauss min_covar NaN", ValueError, r"min_covar must be a finite number >= 0", lambda: ghmm(min_covar=float("nan")).fit(GX)),
-    pending("gauss min_covar str", r"min_covar must be a finite number >= 0", lambda: ghmm(min_covar="small").fit(GX), PENDING_MIN_COVAR),
+    case("gauss min_covar str", ValueError, r"min_covar must be a finite number >= 0", lambda: ghmm(min_covar="small").fit(GX)),
     case("gauss fewer samples than states", ValueError, r"fewer than n_components=2", lambda: ghmm().fit(GX[:1])),
     case("gauss means_ wrong shape", ValueError, r"means_ must be a finite array of shape", lambda: ghmm_with(means_=np.zeros((3, 2))).fit(GX)),
     case("gauss covars_ not PD", ValueError, r"covars_ must be symmetric positive definite", lambda: ghmm_with(covariance_type="full", covars_=np.array([[[1.0, 2.0], [2.0, 1.0]]] * 2)).fit(GX)),
     case("gauss covars_ negative diag", ValueError, r"'diag' covars_ must be positive", lambda: ghmm_with(covars_=-np.ones((2, 2))).fit(GX)),
     case("gauss covars_ wrong shape", ValueError, r"covars_ for covariance_type='diag' must have shape \(2, 2\)", lambda: ghmm_with(covars_=np.ones((2, 3))).fit(GX)),
-    pending("startprob_prior wrong shape", r"startprob_prior must be a number or an array broadcastable to shape \(2,\)", lambda: chmm(startprob_prior=np.ones(5)).fit(SYM)),
-    pending("transmat_prior NaN", r"transmat_prior must be finite", lambda: chmm(transmat_prior=np.nan).fit(SYM)),
-    pending("transmat_prior negative", r"transmat_prior must be > 0", lambda: chmm(transmat_prior=-1.0).fit(SYM)),
-    pending("emissionprob_prior str", r"emissionprob_prior must be a number", lambda: chmm(emissionprob_prior="flat").fit(SYM)),
-    pending("emissionprob_prior wrong shape", r"emissionprob_prior.*broadcastable to shape \(2, 3\)", lambda: chmm(emissionprob_prior=np.ones((2, 5))).fit(SYM)),
-    pending("means_prior wrong shape", r"means_prior.*broadcastable to shape \(2, 2\)", lambda: ghmm(means_prior=np.zeros(5), means_weight=1.0).fit(GX)),
-    pending("means_weight negative", r"means_weight must be >= 0", lambda: ghmm(means_weight=-1.0).fit(GX)),
-    pending("covars_prior negative", r"covars_prior must be >= 0", lambda: ghmm(covars_prior=-1.0).fit(GX)),
-    pending("covars_weight NaN", r"covars_weight must be finite", lambda: ghmm(covars_weight=np.nan).fit(GX)),
+    case("startprob_prior wrong shape", ValueError, r"startprob_prior must be a number or an array broadcastable to shape \(2,\)", lambda: chmm(startprob_prior=np.ones(5)).fit(SYM)),
+    case("transmat_prior NaN", ValueError, r"transmat_prior must be finite", lambda: chmm(transmat_prior=np.nan).fit(SYM)),
+    case("transmat_prior negative", ValueError, r"transmat_prior must be > 0", lambda: chmm(transmat_prior=-1.0).fit(SYM)),
+    case("emissionprob_prior str", ValueError, r"emissionprob_prior must be a number", lambda: chmm(emissionprob_prior="flat").fit(SYM)),
+    case("emissionprob_prior wrong shape", ValueError, r"emissionprob_prior.*broadcastable to shape \(2, 3\)", lambda: chmm(emissionprob_prior=np.ones((2, 5))).fit(SYM)),
+    case("means_prior wrong shape", ValueError, r"means_prior.*broadcastable to shape \(2, 2\)", lambda: ghmm(means_prior=np.zeros(5), means_weight=1.0).fit(GX)),
+    case("means_weight negative", ValueError, r"means_weight must be >= 0", lambda: ghmm(means_weight=-1.0).fit(GX)),
+    case("covars_prior negative", ValueError, r"covars_prior must be >= 0", lambda: ghmm(covars_prior=-1.0).fit(GX)),
+    case("covars_weight NaN", ValueError, r"covars_weight must be finite", lambda: ghmm(covars_weight=np.nan).fit(GX)),
     case("gauss predict before fit", NotFittedError, r"call fit first", lambda: ghmm().predict(GX)),
     case("gauss score before fit", NotFittedError, r"call fit first", lambda: ghmm().score(GX)),
     case("gauss sample before fit", NotFittedError, r"call fit first", lambda: ghmm().sample(5)),
@@ -374,8 +364,7 @@ def test_gmm_collapsed_component_stays_finite():
 
 @pytest.mark.parametrize("covariance_type", [
     "spherical", "diag",
-    pytest.param("full", marks=pytest.mark.xfail(strict=True, reason=PENDING_FLOOR)),
-    pytest.param("tied", marks=pytest.mark.xfail(strict=True, reason=PENDING_FLOOR)),
+    "full", "tied",
 ])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gaussian_hmm_identical_points(covariance_type, dtype):

@@ -250,8 +250,6 @@ def test_hmm_same_random_state_same_fit(kind, ct, data):
     assert a.history_ == b.history_
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="pyroem Expectations.joint fails for latents with a one-element support")
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_state_hmm_matches_hmmlearn(kind):
     """K = 1: Baum-Welch reduces to fitting the emission distribution once; hmmlearn agrees."""

@@ -1,0 +1,162 @@
+"""Baum-Welch per-step time: hmmlearn against pyroem's HMM estimators, in one process.
+
+Both libraries fit the same data from the same initial parameters (set as attributes,
+``init_params=""``, ``tol=-inf`` so every step runs); timings are medians over rounds that
+interleave the libraries, and the final log-likelihoods (``score`` at the fitted parameters)
+are printed with their relative difference to hmmlearn's after as many steps, so one can check
+that both computed the same steps.
+
+Cases: GaussianHMM (diag, K=8, D=2) and CategoricalHMM (K=8, 6 symbols), each on
+(a) one long sequence, T = 100 000, and (b) 1 000 sequences of T = 100.
+pyroem runs with ``implementation="log"`` (forward recursion, sequential in time) and
+``implementation="scan"`` (parallel in time).
+
+    python benchmarks/bench_hmm.py --threads 1 --steps 5 --markdown
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=None, help="threads for torch and BLAS (default: library default)")
+    ap.add_argument("--steps", type=int, default=5, help="Baum-Welch steps per timed fit (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the median is shown (default 3)")
+    ap.add_argument("--long-forward-steps", type=int, default=1,
+                    help="steps for implementation='log' on the long sequence, which is slow (default 1; 0 skips it)")
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="pyroem's dtype")
+    ap.add_argument("--n-long", type=int, default=100_000, help="length of the long sequence")
+    ap.add_argument("--n-seq", type=int, default=1000, help="number of short sequences")
+    ap.add_argument("--t-short", type=int, default=100, help="length of each short sequence")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    return ap.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.threads:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hmmlearn import hmm as hmmlearn_hmm  # noqa: E402
+
+from pyroem.models import CategoricalHMM, GaussianHMM  # noqa: E402
+
+K, D, F = 8, 2, 6
+
+
+def make_data(kind: str, n_total: int, seed: int = 0):
+    """Samples of a well-separated HMM, and initial parameters shared by both libraries."""
+    rs = np.random.RandomState(seed)
+    trans = rs.dirichlet(np.ones(K), size=K) * 0.3 + 0.7 * np.eye(K)
+    truth = dict(startprob_=np.full(K, 1.0 / K), transmat_=trans)
+    if kind == "gaussian":
+        truth.update(means_=rs.randn(K, D) * 4, covars_=np.ones((K, D)))
+        gen = hmmlearn_hmm.GaussianHMM(K, covariance_type="diag", init_params="")
+    else:
+        truth.update(emissionprob_=rs.dirichlet(np.ones(F) * 0.5, size=K))
+        gen = hmmlearn_hmm.CategoricalHMM(K, n_features=F, init_params="")
+    for name, value in truth.items():
+        setattr(gen, name, value)
+    X, _ = gen.sample(n_total, random_state=rs)
+    init = dict(startprob_=rs.dirichlet(np.ones(K)), transmat_=rs.dirichlet(np.ones(K), size=K))
+    if kind == "gaussian":
+        init.update(means_=X[rs.choice(len(X), K, replace=False)], covars_=np.tile(X.var(0), (K, 1)))
+    else:
+        init.update(emissionprob_=rs.dirichlet(np.ones(F), size=K))
+    return X, init
+
+
+def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, implementation: str = "log"):
+    kw = dict(n_components=K, n_iter=steps, tol=-np.inf, init_params="")
+    if lib == "hmmlearn":
+        model = (hmmlearn_hmm.GaussianHMM(covariance_type="diag", **kw) if kind == "gaussian"
+                 else hmmlearn_hmm.CategoricalHMM(n_features=F, **kw))
+    else:
+        kw.update(dtype=dtype, implementation=implementation)
+        model = (GaussianHMM(covariance_type="diag", **kw) if kind == "gaussian"
+                 else CategoricalHMM(n_features=F, **kw))
+    for name, value in init.items():
+        setattr(model, name, np.array(value, copy=True))
+    return model
+
+
+def time_fit(model, X, lengths, steps: int):
+    start = time.perf_counter()
+    model.fit(X, lengths)
+    return 1e3 * (time.perf_counter() - start) / steps, model.score(X, lengths)
+
+
+def run_case(kind: str, shape: str, args, dtype: torch.dtype):
+    if shape == "long":
+        X, init = make_data(kind, args.n_long)
+        lengths = None
+    else:
+        X, init = make_data(kind, args.n_seq * args.t_short)
+        lengths = [args.t_short] * args.n_seq
+    contenders = [("hmmlearn", "", args.steps), ("pyroem", "log", args.steps), ("pyroem", "scan", args.steps)]
+    if shape == "long":
+        contenders[1] = ("pyroem", "log", args.long_forward_steps)
+    contenders = [c for c in contenders if c[2] > 0]
+    times = {c[:2]: [] for c in contenders}
+    final = {}
+    for _ in range(args.rounds):
+        for lib, impl, steps in contenders:
+            model = build(lib, kind, init, steps, dtype, impl or "log")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ms, ll = time_fit(model, X, lengths, steps)
+            times[(lib, impl)].append(ms)
+            final[(lib, impl)] = (steps, ll)
+    ref_ms = float(np.median(times[("hmmlearn", "")]))
+    ref_ll = {args.steps: final[("hmmlearn", "")][1]}
+    rows = []
+    for lib, impl, steps in contenders:
+        ms = float(np.median(times[(lib, impl)]))
+        ll = final[(lib, impl)][1]
+        if steps not in ref_ll:  # hmmlearn after the same (smaller) number of steps, untimed
+            ref_ll[steps] = time_fit(build("hmmlearn", kind, init, steps, dtype), X, lengths, steps)[1]
+        agree = "" if lib == "hmmlearn" else f"{abs(ll - ref_ll[steps]) / abs(ref_ll[steps]):.1e}"
+        sizes = f"1 x T={len(X)}" if shape == "long" else f"{args.n_seq} x T={args.t_short}"
+        rows.append(dict(case=f"{kind}, {sizes}",
+                         lib=lib if lib == "hmmlearn" else f"pyroem {impl}", steps=steps, ms=ms,
+                         ratio=ms / ref_ms, ll=ll, agree=agree))
+    return rows
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for kind in ("gaussian", "categorical"):
+        for shape in ("long", "short"):
+            rows.extend(run_case(kind, shape, args, dtype))
+            print(f"done: {rows[-1]['case']}", file=sys.stderr, flush=True)
+    head = ["case", "library", "steps", "ms / step", "x hmmlearn", "final log-likelihood", "rel. diff to hmmlearn"]
+    lines = [[r["case"], r["lib"], str(r["steps"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['ll']:.6f}", r["agree"]]
+             for r in rows]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pyroem dtype {args.dtype}, "
+          f"median of {args.rounds} interleaved rounds")
+    if args.markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+    else:
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+        for line in lines:
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))
