@@ -18,6 +18,7 @@ import pyro
 import torch
 from pyro.distributions import constraints
 from torch.distributions import transform_to
+from tqdm.auto import tqdm
 
 from pyroem import EM, MonotonicityWarning
 from pyroem.diagnostics import check_monotone
@@ -63,6 +64,7 @@ class ConvergenceMonitor:
         self.verbose = verbose
         self.history: List[float] = []
         self.iter = 0
+        self._bar = None
 
     def __repr__(self) -> str:
         return (f"ConvergenceMonitor(tol={self.tol}, n_iter={self.n_iter}, iter={self.iter}, "
@@ -73,11 +75,23 @@ class ConvergenceMonitor:
         self.history = []
 
     def report(self, log_prob: float) -> None:
+        """Record ``log p(X|θ)`` of a step; with ``verbose``, hmmlearn's line under a progress bar."""
         if self.verbose:
             delta = log_prob - self.history[-1] if self.history else float("nan")
-            print(self._template.format(iter=self.iter + 1, log_prob=log_prob, delta=delta), file=sys.stderr)
+            if self._bar is None:
+                self._bar = tqdm(total=self.n_iter, desc="Baum-Welch", leave=False, file=sys.stderr)
+            self._bar.write(self._template.format(iter=self.iter + 1, log_prob=log_prob, delta=delta),
+                            file=sys.stderr)
+            self._bar.set_postfix(log_lik=f"{log_prob:.6g}", change=f"{delta:.2e}", refresh=False)
+            self._bar.update(1)
         self.history.append(float(log_prob))
         self.iter += 1
+
+    def close(self) -> None:
+        """End the progress bar of a verbose fit."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     @property
     def converged(self) -> bool:
@@ -356,10 +370,13 @@ class BaseHMM:
         self._init(X, lengths)
         self._check()
         self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
-        if self.implementation == "engine":
-            self._fit_engine(Xpad, mask)
-        else:
-            self._fit_fast(Xpad, mask)
+        try:
+            if self.implementation == "engine":
+                self._fit_engine(Xpad, mask)
+            else:
+                self._fit_fast(Xpad, mask)
+        finally:
+            self.monitor_.close()
         return self
 
     @property
