@@ -1,0 +1,126 @@
+"""``pyroem fit gmm``: a Gaussian mixture fitted to the numeric columns of a CSV file."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+import numpy as np
+
+from . import plotting
+from .data_io import Table, read_table, write_json
+from .errors import CliError, warnings_as_notes
+from .options import non_negative_float, non_negative_int, positive_int, seed
+from .progress import fit_progress
+
+HELP = "Gaussian mixture (scikit-learn's GaussianMixture) on a CSV of numbers"
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+INITS = ("kmeans", "k-means++", "random", "random_from_data")
+LL_NOTE = ("log_likelihood: mean log p(x) per sample at the returned parameters (scikit-learn's "
+           "score); lower_bound: mean per sample at the start of the last EM step (scikit-learn's "
+           "lower_bound_); log_likelihood_total: the sum over samples; history: mean per sample "
+           "at every step")
+
+
+def add_parser(subparsers, parents) -> None:
+    p = subparsers.add_parser(
+        "gmm", parents=parents, help=HELP,
+        description=HELP + ". The CSV may have a header (a first row that is not all numbers); "
+                           "every column is a feature.")
+    p.add_argument("data", metavar="DATA.csv", help="CSV file, one sample per row")
+    p.add_argument("--components", "-k", metavar="K", type=positive_int, required=True,
+                   help="number of mixture components (>= 1)")
+    p.add_argument("--covariance", choices=COVARIANCE_TYPES, default="full",
+                   help="covariance type (default: full)")
+    p.add_argument("--out", metavar="PARAMS.json", help="write the fitted parameters as JSON")
+    p.add_argument("--plot", metavar="FIG.png",
+                   help="draw density contours over the points (first two columns when D > 2)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the initialization (default 0)")
+    p.add_argument("--max-iter", type=non_negative_int, default=100, help="most EM steps (default 100)")
+    p.add_argument("--tol", type=non_negative_float, default=1e-3,
+                   help="stop when the mean log-likelihood per sample changes by less (default 1e-3)")
+    p.add_argument("--n-init", type=positive_int, default=1, help="number of starts, the best kept (default 1)")
+    p.add_argument("--init", choices=INITS, default="kmeans", help="initialization (default: kmeans)")
+    p.set_defaults(run=run)
+
+
+def fit(table: Table, args: argparse.Namespace):
+    """The fitted ``pyroem.models.GaussianMixture``."""
+    from pyroem.models import GaussianMixture
+
+    n = table.values.shape[0]
+    if n < max(args.components, 2):
+        raise CliError(f"{table.path}: {n} data row(s); fitting {args.components} component(s) "
+                       f"needs at least {max(args.components, 2)}")
+    est = GaussianMixture(n_components=args.components, covariance_type=args.covariance, tol=args.tol,
+                          max_iter=args.max_iter, n_init=args.n_init, init_params=args.init,
+                          random_state=args.seed)
+    with warnings_as_notes(), fit_progress("gmm", args.max_iter, "EM") as verbose:
+        if verbose:
+            est.set_params(verbose=2, verbose_interval=1)
+        est.fit(table.values)
+    return est
+
+
+def results(est, table: Table) -> Dict[str, Any]:
+    """What ``--out`` writes."""
+    X = table.values
+    mean_ll = float(est.score(X))
+    return {
+        "model": "GaussianMixture",
+        "covariance_type": est.covariance_type,
+        "n_components": int(est.n_components),
+        "n_samples": int(X.shape[0]),
+        "n_features": int(X.shape[1]),
+        "columns": table.columns,
+        "weights": est.weights_,
+        "means": est.means_,
+        "covariances": est.covariances_,
+        "log_likelihood": mean_ll,
+        "log_likelihood_total": mean_ll * X.shape[0],
+        "lower_bound": float(est.lower_bound_),
+        "n_iter": int(est.n_iter_),
+        "converged": bool(est.converged_),
+        "bic": float(est.bic(X)),
+        "aic": float(est.aic(X)),
+        "history": [float(v) for v in est.history_],
+        "notes": LL_NOTE,
+    }
+
+
+def _vector(v: np.ndarray, limit: int = 6) -> str:
+    shown = ", ".join(f"{x:+.4g}" for x in v[:limit])
+    return f"({shown}{', ...' if len(v) > limit else ''})"
+
+
+def summary(res: Dict[str, Any], table: Table) -> str:
+    lines = [
+        f"{table.path}: {res['n_samples']} rows x {res['n_features']} columns"
+        + (f" ({', '.join(table.columns)})" if table.has_header else " (no header)"),
+        f"Gaussian mixture, {res['n_components']} component(s), {res['covariance_type']} covariance: "
+        f"{'converged' if res['converged'] else 'NOT converged'} after {res['n_iter']} EM step(s)",
+        f"log-likelihood: {res['log_likelihood']:.6f} per sample (total {res['log_likelihood_total']:.4f}); "
+        f"BIC {res['bic']:.2f}, AIC {res['aic']:.2f}",
+        f"{'component':>9}  {'weight':>7}  mean",
+    ]
+    for k, (w, m) in enumerate(zip(res["weights"], res["means"])):
+        lines.append(f"{k + 1:>9}  {w:>7.4f}  {_vector(np.asarray(m))}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    table = read_table(args.data)
+    est = fit(table, args)
+    res = results(est, table)
+    print(summary(res, table))
+    if args.out:
+        write_json(args.out, res)
+        print(f"parameters: {args.out}")
+    if args.plot:
+        X = table.values
+        covs = plotting.full_covariances(est.covariances_, est.covariance_type, est.n_components, X.shape[1])
+        fig = plotting.gmm_figure(X, est.weights_, est.means_, covs, est.predict(X), label_name="component",
+                                  columns=table.columns if table.has_header else None)
+        print(f"figure: {plotting.save_figure(fig, args.plot)}")
+        if X.shape[1] > 2:
+            print("  (the figure shows the first two columns and the fitted density's marginal on them)")
+    return 0
