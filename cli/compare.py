@@ -37,7 +37,7 @@ def gmm_problem(seed: int) -> Tuple[Callable, tuple, Callable]:
 
     X, _ = demo_data.four_clusters(seed)
     args = (torch.as_tensor(X, dtype=torch.float64), 4, "full")
-    return gaussian_mixture.gmm_model, args, gaussian_mixture.GMMUpdates()
+    return gaussian_mixture.gmm_model, args, gaussian_mixture.GMMUpdates(reg_covar=0.0)
 
 
 def moth_problem(seed: int) -> Tuple[Callable, tuple, Callable]:

@@ -1,4 +1,19 @@
-"""Bundled models built on pyroem's public API."""
-from .hmm import CategoricalHMM, GaussianHMM, categorical_hmm_model, gaussian_hmm_model
+"""Bundled models built on pyroem's public API: estimators and the Pyro model functions behind them."""
+from .gaussian_mixture import GaussianMixture, GMMUpdates, gmm_model
+from ._gmm_batch import BatchGMMUpdates, batch_gmm_model
 from .hardy_weinberg import HardyWeinberg, hardy_weinberg_model
-from .gaussian_mixture import GaussianMixture, gmm_model
+from .hmm import CategoricalHMM, GaussianHMM, categorical_hmm_model, gaussian_hmm_model
+
+__all__ = [
+    "BatchGMMUpdates",
+    "CategoricalHMM",
+    "GMMUpdates",
+    "GaussianHMM",
+    "GaussianMixture",
+    "HardyWeinberg",
+    "batch_gmm_model",
+    "categorical_hmm_model",
+    "gaussian_hmm_model",
+    "gmm_model",
+    "hardy_weinberg_model",
+]

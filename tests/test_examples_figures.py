@@ -54,3 +54,13 @@ def test_hmm_casino_example(tmp_path):
     assert abs(max(fitted) - 0.5) < 0.05 and abs(min(fitted) - 1 / 6) < 0.03
     decoded = next(ln for ln in out.splitlines() if ln.startswith("Viterbi path"))
     assert float(decoded.split("for ")[1].split("%")[0]) >= 75.0
+
+
+def test_em_vs_svi_example(tmp_path):
+    out = run_example("em_vs_svi.py", tmp_path)
+    for name in ("em_vs_svi_gmm.png", "em_vs_svi_moth.png"):
+        assert_png(os.path.join(str(tmp_path), name))
+    # both methods reach the moth's textbook optimum (Givens & Hoeting)
+    assert " EM allele frequencies: p_C = 0.07084, p_I = 0.18874, p_T = 0.74043" in out
+    assert "SVI allele frequencies: p_C = 0.07084, p_I = 0.18874, p_T = 0.74043" in out
+    assert out.count("-600.480983") >= 3
