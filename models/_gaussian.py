@@ -3,12 +3,17 @@
 Every covariance is held through its *inverse scale* ``L``: for ``full`` and ``tied`` the
 lower-triangular ``L = C⁻¹`` with ``Σ = C Cᵀ`` (so the precision is ``Lᵀ L`` and
 scikit-learn's ``precisions_cholesky_`` is ``Lᵀ``); for ``diag`` and ``spherical`` ``L = 1/√σ²``.
-The Mahalanobis term is a matrix product, ``y = X Lᵀ - μ Lᵀ``, as scikit-learn computes it.
+Both halves of an EM step are matrix products over per-row features ``f(x) = [x_i x_j (i <= j),
+x, 1]`` (``x_i²`` for diag and spherical): the log-density table is ``C(θ) @ f(X)ᵀ`` and the
+M-step statistics are ``R @ f(X)``; no ``(K, N, D)`` temporaries. Centre the data first (the
+estimator does): the quadratic form is expanded about the origin.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Iterator, Optional, Tuple
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
@@ -26,13 +31,94 @@ INV_SCALE_CONSTRAINTS = {
     "spherical": constraints.positive,
 }
 
-_CHUNK_ELEMENTS = 1 << 24  # bound on the (components, samples, features) temporaries
+# Features not cached are built in pieces of at most this many entries: small enough to be
+# reused by the allocator (and to stay in cache) instead of fresh pages on every step.
+_CHUNK_ELEMENTS = 1 << 21
+_CACHE_ELEMENTS = 1 << 25  # largest feature matrix kept for a whole fit
 
 
-def _component_chunks(k: int, n: int, d: int) -> Iterator[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(1, n * d))
-    for start in range(0, k, step):
-        yield slice(start, min(k, start + step))
+def _row_chunks(n: int, width: int) -> Iterator[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(1, width))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def feature_kind(covariance_type: str) -> str:
+    """``pairs`` (every ``x_i x_j``, ``i <= j``) for full and tied, ``squares`` (``x_i²``) otherwise."""
+    return "pairs" if covariance_type in ("full", "tied") else "squares"
+
+
+@functools.lru_cache(maxsize=16)
+def _pairs(d: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every ``(i, j)``, ``i <= j``, in row-major order."""
+    iu = torch.triu_indices(d, d, device=device)
+    return iu[0], iu[1]
+
+
+def quadratic_width(d: int, kind: str) -> int:
+    return d * (d + 1) // 2 if kind == "pairs" else d
+
+
+def gaussian_features(X: torch.Tensor, kind: str) -> torch.Tensor:
+    """``f(x) = [quadratic terms, x, 1]`` for every row of ``X``, one column per row: ``(Q + D + 1, N)``.
+
+    Every Gaussian log-density is linear in ``f(x)``: ``log N(x | μ, Σ) = c(μ, Σ) · f(x)``, so a
+    whole ``(K, N)`` table is one matrix product and the M-step statistics are another.
+    """
+    n, d = X.shape
+    xt = X.T.contiguous()
+    out = X.new_empty((quadratic_width(d, kind) + d + 1, n))
+    q = out.shape[0] - d - 1
+    if kind == "pairs":  # row-major over i <= j, as _pairs orders them
+        start = 0
+        for i in range(d):
+            torch.mul(xt[i:i + 1], xt[i:], out=out[start:start + d - i])
+            start += d - i
+    else:
+        torch.square(xt, out=out[:q])
+    out[q:q + d] = xt
+    out[-1] = 1.0
+    return out
+
+
+class GaussianFeatures:
+    """The rows of ``X`` and their features :func:`gaussian_features`, built once per fit.
+
+    Held when ``N x width`` stays under a memory budget (or ``cache=True``); otherwise the
+    features are rebuilt in row chunks whenever they are needed. Used only for the very tensor
+    ``X`` it was built from, unmodified since (:meth:`matches`).
+    """
+
+    def __init__(self, X: torch.Tensor, covariance_type: str, cache: Optional[bool] = None) -> None:
+        self.X = X
+        self.version = X._version
+        self.kind = feature_kind(covariance_type)
+        n, d = X.shape
+        self.width = quadratic_width(d, self.kind) + d + 1
+        if cache is None:
+            cache = n * self.width <= _CACHE_ELEMENTS
+        self.matrix = gaussian_features(X, self.kind) if cache else None
+
+    def __getitem__(self, rows: slice) -> "GaussianFeatures":
+        sub = GaussianFeatures.__new__(GaussianFeatures)
+        sub.X, sub.kind, sub.width = self.X[rows], self.kind, self.width
+        sub.version = sub.X._version
+        sub.matrix = None if self.matrix is None else self.matrix[:, rows]
+        return sub
+
+    def chunks(self) -> Iterator[Tuple[slice, torch.Tensor]]:
+        """``(rows, features of those rows)`` covering every row."""
+        n = self.X.shape[0]
+        if self.matrix is not None:
+            yield slice(0, n), self.matrix
+            return
+        for sl in _row_chunks(n, self.width):
+            yield sl, gaussian_features(self.X[sl], self.kind)
+
+    def matches(self, X: torch.Tensor) -> bool:
+        same = X is self.X or (X.shape == self.X.shape and X.dtype == self.X.dtype and X.device == self.X.device
+                               and X.data_ptr() == self.X.data_ptr() and X.stride() == self.X.stride())
+        return same and X._version == self.version
 
 
 def log_det_inv_scale(inv_scale: torch.Tensor, covariance_type: str, d: int) -> torch.Tensor:
@@ -44,66 +130,178 @@ def log_det_inv_scale(inv_scale: torch.Tensor, covariance_type: str, d: int) -> 
     return d * inv_scale.log()
 
 
+def log_density_coefficients(means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str) -> torch.Tensor:
+    """``C`` with ``log N(x | μ_k, Σ_k) = C_k · f(x)``, shape ``(K, Q + D + 1)``.
+
+    From ``-½ (xᵀPx - 2 μᵀPx + μᵀPμ) + log|L| - ½ D log 2π`` with ``P = LᵀL``: the quadratic
+    coefficients ``-½ P_ii`` and ``-P_ij`` (``i < j``), the linear ``Pμ``, then the constant.
+    """
+    k, d = means.shape
+    if covariance_type in ("full", "tied"):
+        lmu = (inv_scale @ means.unsqueeze(-1)).squeeze(-1) if covariance_type == "full" else means @ inv_scale.T
+        prec = inv_scale.transpose(-1, -2) @ inv_scale
+        lin = (inv_scale.transpose(-1, -2) @ lmu.unsqueeze(-1)).squeeze(-1) if covariance_type == "full" \
+            else lmu @ inv_scale
+        i, j = _pairs(d, means.device)
+        quad = -prec[..., i, j] * torch.where(i == j, 0.5, 1.0).to(prec.dtype)
+        quad = quad.expand(k, quad.shape[-1])
+    else:
+        prec = inv_scale.square()
+        if covariance_type == "spherical":
+            prec = prec.unsqueeze(1).expand(k, d)
+        lin = prec * means
+        lmu = inv_scale.unsqueeze(-1) * means if covariance_type == "spherical" else inv_scale * means
+        quad = -0.5 * prec
+    const = -0.5 * (lmu.square().sum(-1) + d * math.log(2 * math.pi)) + log_det_inv_scale(inv_scale, covariance_type, d)
+    return torch.cat([quad, lin, const.expand(k).unsqueeze(1)], 1)
+
+
+def log_gaussian_table(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str,
+                       features: Optional[GaussianFeatures] = None) -> torch.Tensor:
+    """``log N(x_n | μ_k, Σ_k)`` as a contiguous ``(K, N)`` table: ``C @ f(X)``."""
+    if features is None or not features.matches(X):
+        features = GaussianFeatures(X, covariance_type, cache=False)
+    coef = log_density_coefficients(means, inv_scale, covariance_type)
+    if features.matrix is not None:
+        return coef @ features.matrix
+    if coef.requires_grad and torch.is_grad_enabled():
+        return torch.cat([coef @ f for _, f in features.chunks()], 1)
+    out = X.new_empty((means.shape[0], X.shape[0]))
+    for sl, f in features.chunks():
+        torch.matmul(coef.detach(), f, out=out[:, sl])
+    return out
+
+
 def log_gaussian_prob(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Tensor,
                       covariance_type: str) -> torch.Tensor:
-    """``log N(x_n | μ_k, Σ_k)``, shape ``(N, K)``, by matrix products with ``L``."""
-    n, d = X.shape
-    k = means.shape[0]
-    if covariance_type == "full":
-        wt = inv_scale.transpose(-1, -2)  # (K, D, D): y_k = X @ wt_k - μ_k @ wt_k
-        maha = X.new_empty((n, k))
-        for sl in _component_chunks(k, n, d):
-            w = wt[sl]
-            kc = w.shape[0]
-            xw = (X @ w.permute(1, 0, 2).reshape(d, kc * d)).reshape(n, kc, d)
-            muw = (means[sl].unsqueeze(1) @ w).squeeze(1)
-            maha[:, sl] = (xw - muw).square().sum(-1)
-    elif covariance_type == "tied":
-        wt = inv_scale.transpose(-1, -2)
-        xw, muw = X @ wt, means @ wt
-        maha = X.new_empty((n, k))
-        for sl in _component_chunks(k, n, d):
-            maha[:, sl] = (xw.unsqueeze(1) - muw[sl]).square().sum(-1)
-    elif covariance_type == "diag":
-        prec = inv_scale.square()
-        maha = (means.square() * prec).sum(1) - 2.0 * (X @ (means * prec).T) + X.square() @ prec.T
-    else:
-        prec = inv_scale.square()
-        maha = (means.square().sum(1) * prec - 2.0 * (X @ means.T * prec)
-                + X.square().sum(1, keepdim=True) * prec)
-    log_det = log_det_inv_scale(inv_scale, covariance_type, d)
-    return -0.5 * (d * math.log(2 * math.pi) + maha) + log_det
+    """``log N(x_n | μ_k, Σ_k)``, shape ``(N, K)``."""
+    return log_gaussian_table(X, means, inv_scale, covariance_type).T
 
 
-def estimate_gaussian_parameters(X: torch.Tensor, resp: torch.Tensor, reg_covar: float,
-                                 covariance_type: str, sample_weight: Optional[torch.Tensor] = None
-                                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted MLE from responsibilities (scikit-learn's formulas, ``r_nk = w_n resp_nk``).
+@dataclass
+class GMMStatistics:
+    """Weighted sufficient statistics ``Σ_n r_nk f(x_n)``, ``(K, Q + D + 1)``: quadratic terms,
+    ``Σ r x``, ``Σ r``; plus ``log_likelihood``. Sums over data, so chunks add up.
 
-    ``n_k = Σ_n r_nk + 10 ε``, ``μ_k = Σ_n r_nk x_n / n_k``, covariances plus ``reg_covar`` on
-    the diagonal. Returns ``(n_k, means, covariances)``.
+    For the components flagged in ``refined`` (``(K,)`` bool), also ``Σ r (x - c)(x - c)ᵀ`` and
+    ``Σ r (x - c)`` about ``centres`` ``c`` (their current means), computed directly: their
+    scatter about the origin would cancel badly (see :func:`components_to_refine`).
     """
-    n, d = X.shape
-    r = resp if sample_weight is None else resp * sample_weight.unsqueeze(1)
-    nk = r.sum(0) + 10 * torch.finfo(r.dtype).eps
-    means = (r.T @ X) / nk.unsqueeze(1)
-    if covariance_type == "full":
-        k = means.shape[0]
-        cov = X.new_empty((k, d, d))
-        for sl in _component_chunks(k, n, d):
-            diff = X.unsqueeze(0) - means[sl].unsqueeze(1)  # (kc, N, D)
-            cov[sl] = (r.T[sl].unsqueeze(-1) * diff).transpose(1, 2) @ diff / nk[sl, None, None]
-        cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
-    elif covariance_type == "tied":
-        xw = X if sample_weight is None else X * sample_weight.unsqueeze(1)
-        cov = (xw.T @ X - (nk * means.T) @ means) / nk.sum()
-        cov.diagonal().add_(reg_covar)
+
+    moments: torch.Tensor
+    d: int
+    kind: str
+    log_likelihood: Optional[torch.Tensor] = None
+    centres: Optional[torch.Tensor] = None
+    refined: Optional[torch.Tensor] = None
+    ref_scatter: Optional[torch.Tensor] = None
+    ref_sums: Optional[torch.Tensor] = None
+
+    def __add__(self, other: "GMMStatistics") -> "GMMStatistics":
+        ll = None if self.log_likelihood is None else self.log_likelihood + other.log_likelihood
+        out = GMMStatistics(self.moments + other.moments, self.d, self.kind, ll, self.centres, self.refined)
+        if self.ref_scatter is not None:
+            out.ref_scatter = self.ref_scatter + other.ref_scatter
+            out.ref_sums = self.ref_sums + other.ref_sums
+        return out
+
+
+# Largest |μ|² tr(P) for which the full covariance is taken from moments about the origin:
+# rounding then costs at most about eps * ratio of the smallest variance.
+_REFINE_RATIO = {torch.float32: 1e4, torch.float64: 1e6}
+
+
+def components_to_refine(means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str) -> List[int]:
+    """Full-covariance components whose variance is tiny next to their squared distance from the
+    origin (``|μ_k|² tr(P_k)`` above 1e6 in float64, 1e4 in float32), such as a component collapsed
+    onto a single point: their scatter is accumulated about their current mean instead."""
+    if covariance_type != "full":
+        return []
+    ratio = means.square().sum(-1) * inv_scale.square().sum((-2, -1))
+    return torch.nonzero(ratio > _REFINE_RATIO.get(ratio.dtype, 1e6)).flatten().tolist()
+
+
+def gaussian_statistics(resp_t: torch.Tensor, features: GaussianFeatures,
+                        sample_weight: Optional[torch.Tensor] = None,
+                        log_likelihood: Optional[torch.Tensor] = None,
+                        centres: Optional[torch.Tensor] = None, refine: Sequence[int] = ()) -> GMMStatistics:
+    """``R @ f(X)ᵀ`` with ``R = resp_t * w`` (``resp_t`` the ``(K, N)`` responsibilities); for the
+    components in ``refine``, also the scatter about ``centres`` (one ``(N, D)`` pass each)."""
+    r = resp_t if sample_weight is None else resp_t * sample_weight
+    if features.matrix is not None:
+        moments = r @ features.matrix.T
     else:
-        avg_x2 = (r.T @ X.square()) / nk.unsqueeze(1)
+        moments = r.new_zeros((r.shape[0], features.width))
+        for sl, f in features.chunks():
+            moments.addmm_(r[:, sl], f.T)
+    d = features.X.shape[1]
+    stats = GMMStatistics(moments, d, features.kind, log_likelihood)
+    if refine:
+        k = r.shape[0]
+        stats.centres = centres
+        stats.refined = torch.zeros(k, dtype=torch.bool, device=r.device)
+        stats.refined[list(refine)] = True
+        stats.ref_scatter = r.new_zeros((k, d, d))
+        stats.ref_sums = r.new_zeros((k, d))
+        for c in refine:
+            diff = features.X - centres[c]
+            weighted = diff * r[c].unsqueeze(1)
+            stats.ref_scatter[c] = weighted.T @ diff
+            stats.ref_sums[c] = weighted.sum(0)
+    return stats
+
+
+def parameters_from_statistics(stats: GMMStatistics, reg_covar: float, covariance_type: str
+                               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's weighted MLE from :class:`GMMStatistics`: ``(n_k, means, covariances)``.
+
+    ``n_k = Σ r + 10 ε``, ``μ = Σ r x / n_k``, and the scatter about ``μ`` expanded exactly as
+    ``(S - s μᵀ - μ sᵀ + (Σ r) μ μᵀ) / n_k`` with ``S = Σ r x xᵀ``, ``s = Σ r x``.
+    """
+    m, d = stats.moments, stats.d
+    k = m.shape[0]
+    q = m.shape[1] - d - 1
+    rsum = m[:, -1]
+    sums = m[:, q:q + d]
+    nk = rsum + 10 * torch.finfo(m.dtype).eps
+    means = sums / nk.unsqueeze(1)
+    if covariance_type in ("full", "tied"):
+        i, j = _pairs(d, m.device)
+        scatter = m.new_zeros((k, d, d))
+        scatter[:, i, j] = m[:, :q]
+        scatter[:, j, i] = m[:, :q]
+        cross = sums.unsqueeze(2) * means.unsqueeze(1)
+        centred = scatter - cross - cross.transpose(1, 2) + rsum[:, None, None] * (means.unsqueeze(2) * means.unsqueeze(1))
+        if stats.ref_scatter is not None:  # the same expansion about c, with δ = μ - c small
+            delta = means - stats.centres
+            cross = stats.ref_sums.unsqueeze(2) * delta.unsqueeze(1)
+            near = (stats.ref_scatter - cross - cross.transpose(1, 2)
+                    + rsum[:, None, None] * (delta.unsqueeze(2) * delta.unsqueeze(1)))
+            centred = torch.where(stats.refined[:, None, None], near, centred)
+        if covariance_type == "full":
+            cov = centred / nk[:, None, None]
+        else:
+            cov = centred.sum(0) / nk.sum()
+        cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
+    else:
+        avg_x2 = m[:, :q] / nk.unsqueeze(1)
         cov = avg_x2 - means.square() + reg_covar
         if covariance_type == "spherical":
             cov = cov.mean(1)
     return nk, means, cov
+
+
+def estimate_gaussian_parameters(X: torch.Tensor, resp: torch.Tensor, reg_covar: float,
+                                 covariance_type: str, sample_weight: Optional[torch.Tensor] = None,
+                                 features: Optional[GaussianFeatures] = None
+                                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted MLE from responsibilities ``resp`` ``(N, K)`` (scikit-learn's formulas,
+    ``r_nk = w_n resp_nk``). Returns ``(n_k, means, covariances)``."""
+    if features is None or not features.matches(X):
+        features = GaussianFeatures(X, covariance_type)
+    w = None if sample_weight is None else sample_weight.unsqueeze(0)
+    stats = gaussian_statistics(resp.T, features, w)
+    return parameters_from_statistics(stats, reg_covar, covariance_type)
 
 
 def _fail(dtype: torch.dtype) -> ValueError:
@@ -116,7 +314,7 @@ def inv_scale_from_covariances(cov: torch.Tensor, covariance_type: str) -> torch
     """``L = C⁻¹`` (lower triangular) with ``C`` the Cholesky factor of ``Σ``; ``1/√σ²`` otherwise."""
     if covariance_type in ("full", "tied"):
         chol, info = torch.linalg.cholesky_ex(cov)
-        if bool((info != 0).any()) or not bool(torch.isfinite(chol).all()):
+        if bool((info != 0).any() | ~torch.isfinite(chol).all()):
             raise _fail(cov.dtype)
         eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
         return torch.linalg.solve_triangular(chol, eye, upper=False)
@@ -165,7 +363,8 @@ def n_parameters(k: int, d: int, covariance_type: str) -> int:
 
 class GaussianComponents(TorchDistribution):
     """``x ~ N(μ_z, Σ_z)`` given component indices ``z``; ``log_prob`` builds the whole
-    ``(K, N)`` table by matrix products and reads off the entries ``z`` selects.
+    ``(K, N)`` table as one matrix product (:func:`log_gaussian_table`, with the precomputed
+    ``features`` of the data when given) and reads off the entries ``z`` selects.
 
     For ``z`` enumerated by Pyro (``arange(K)`` shaped ``(K, 1)``) against data ``(N, D)`` the
     table is returned as is, shape ``(K, N)``.
@@ -177,25 +376,27 @@ class GaussianComponents(TorchDistribution):
 
     def __init__(self, means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str,
                  component: torch.Tensor, batch_shape: Optional[torch.Size] = None,
-                 validate_args=None) -> None:
+                 validate_args=None, features: Optional[GaussianFeatures] = None) -> None:
         self.means = means
         self.inv_scale = inv_scale
         self.covariance_type = covariance_type
         self.component = component
+        self.features = features
         batch_shape = component.shape if batch_shape is None else torch.Size(batch_shape)
         super().__init__(batch_shape, means.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(GaussianComponents, _instance)
         GaussianComponents.__init__(new, self.means, self.inv_scale, self.covariance_type,
-                                    self.component, torch.Size(batch_shape), validate_args=False)
+                                    self.component, torch.Size(batch_shape), validate_args=False,
+                                    features=self.features)
         return new
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if value.dim() != 2:
             raise ValueError(f"GaussianComponents scores data of shape (N, D), got {tuple(value.shape)}")
         n = value.shape[0]
-        table = log_gaussian_prob(value, self.means, self.inv_scale, self.covariance_type).T  # (K, N)
+        table = log_gaussian_table(value, self.means, self.inv_scale, self.covariance_type, self.features)
         z = self.component
         k = self.means.shape[0]
         if (getattr(z, "_pyro_categorical_support", None) is not None and z.dim() >= 1

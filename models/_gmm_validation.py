@@ -54,7 +54,9 @@ def _as_tensor(value, name: str, dtype: torch.dtype, device: torch.device) -> to
         raise ValueError(f"{name} must be an array of numbers: {err}") from err
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
-    return torch.as_tensor(arr.astype(np.float64 if dtype == torch.float64 else np.float32), device=device)
+    # no copy of an array already in the right dtype (it is only read); a read-only one is copied
+    arr = arr.astype(np.float64 if dtype == torch.float64 else np.float32, copy=not arr.flags.writeable)
+    return torch.as_tensor(arr, device=device)
 
 
 def check_X(X, dtype: torch.dtype, device: torch.device, name: str = "X", min_samples: int = 1,
@@ -128,6 +130,9 @@ def check_hyper_parameters(est) -> None:
         raise ValueError(f"verbose must be an int >= 0, got {est.verbose!r}")
     if not _is_int(est.verbose_interval) or est.verbose_interval < 1:
         raise ValueError(f"verbose_interval must be an int >= 1, got {est.verbose_interval!r}")
+    chunk = getattr(est, "chunk_size", None)
+    if chunk is not None and (not _is_int(chunk) or chunk < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk!r}")
     check_random_state(est.random_state)
 
 

@@ -3,13 +3,16 @@
 The Pyro model :func:`gmm_model` is the whole statistical content; the E-step is the engine's
 exact enumeration of ``z`` and :class:`GMMUpdates` is the closed-form M-step. The loop follows
 scikit-learn's: lower bound = mean log-likelihood of the E-step, stop when it changes by less
-than ``tol``, a final E-step for the labels.
+than ``tol``, a final E-step for the labels. Large data sets are swept in chunks of rows: the
+engine's E-step runs on each chunk, the sufficient statistics add up, and one closed-form
+update follows (the same parameters as one pass over all rows).
 """
 from __future__ import annotations
 
 import inspect
 import itertools
 import math
+import sys
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -19,18 +22,24 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
+from tqdm.auto import tqdm
 
 import pyroem
 
 from ._gaussian import (
     INV_SCALE_CONSTRAINTS,
     GaussianComponents,
+    GaussianFeatures,
+    GMMStatistics,
+    components_to_refine,
     covariances_from_inv_scale,
     estimate_gaussian_parameters,
+    gaussian_statistics,
     inv_scale_from_covariances,
     inv_scale_from_precisions,
-    log_gaussian_prob,
+    log_gaussian_table,
     n_parameters,
+    parameters_from_statistics,
     precisions,
     precisions_cholesky,
 )
@@ -54,6 +63,7 @@ __all__ = ["GaussianMixture", "GMMUpdates", "gmm_model", "ConvergenceWarning", "
 
 PARAM_NAMES = ("weights", "means", "inv_scale")
 _fit_ids = itertools.count()
+_RESP_ELEMENTS = 1 << 22  # responsibilities (components x rows) per E-step when chunk_size is None
 
 
 def _default_inv_scale(X: torch.Tensor, k: int, covariance_type: str) -> torch.Tensor:
@@ -69,12 +79,15 @@ def _default_inv_scale(X: torch.Tensor, k: int, covariance_type: str) -> torch.T
 
 
 def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
-              sample_weight: Optional[torch.Tensor] = None, prefix: str = "") -> None:
+              sample_weight: Optional[torch.Tensor] = None, prefix: str = "",
+              features: Optional[GaussianFeatures] = None) -> None:
     """Gaussian mixture: ``z_n ~ Categorical(weights)``, ``x_n | z_n ~ N(means[z_n], Σ[z_n])``.
 
     ``Σ`` is parametrized by its inverse scale ``inv_scale`` (``Σ = L⁻¹L⁻ᵀ``, lower-triangular
     ``L`` for full and tied; ``1/σ`` for diag and spherical). ``sample_weight`` scales each
-    datum's log-likelihood. Params are ``prefix + {weights, means, inv_scale}``.
+    datum's log-likelihood. Params are ``prefix + {weights, means, inv_scale}``. ``features``
+    (``GaussianFeatures(X, covariance_type)``, optional) reuses the per-row features of ``X``
+    from step to step instead of rebuilding them.
     """
     n, _ = X.shape
     k = n_components
@@ -84,7 +97,7 @@ def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
                            constraint=INV_SCALE_CONSTRAINTS[covariance_type])
     with pyro.plate("data", n, dim=-1), poutine.scale(scale=1.0 if sample_weight is None else sample_weight):
         z = pyro.sample("z", dist.Categorical(weights))
-        pyro.sample("x", GaussianComponents(means, inv_scale, covariance_type, z), obs=X)
+        pyro.sample("x", GaussianComponents(means, inv_scale, covariance_type, z, features=features), obs=X)
 
 
 class GMMUpdates:
@@ -92,16 +105,34 @@ class GMMUpdates:
 
     From ``r_nk = w_n p(z_n=k | x_n)``: ``weights = n_k / Σ n_k``, ``means`` the weighted means,
     covariances the weighted scatter plus ``reg_covar`` on the diagonal. ``last`` keeps the
-    values of the latest update (covariances included).
+    values of the latest update (covariances included). ``expect`` is the engine's
+    expectations, or :class:`GMMStatistics` summed over chunks of the data (see
+    :meth:`statistics`).
     """
 
     def __init__(self, reg_covar: float = 1e-6) -> None:
         self.reg_covar = reg_covar
         self.last: Optional[Dict[str, torch.Tensor]] = None
 
-    def __call__(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix=""):
-        resp = expect.marginal("z")
-        nk, means, cov = estimate_gaussian_parameters(X, resp, self.reg_covar, covariance_type, sample_weight)
+    @staticmethod
+    def statistics(expect, X, n_components, covariance_type="full", sample_weight=None, prefix="",
+                   features=None) -> GMMStatistics:
+        """``Σ_n r_nk f(x_n)`` and ``log p(X|θ)`` from one E-step; statistics of chunks add up."""
+        if features is None or not features.matches(X):
+            features = GaussianFeatures(X, covariance_type)
+        centres, refine = None, []
+        store = pyro.get_param_store()
+        if covariance_type == "full" and prefix + "means" in store and prefix + "inv_scale" in store:
+            centres = store[prefix + "means"].detach()
+            refine = components_to_refine(centres, store[prefix + "inv_scale"].detach(), covariance_type)
+        return gaussian_statistics(expect.marginal("z").T, features, sample_weight, expect.log_likelihood,
+                                   centres, refine)
+
+    def __call__(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix="",
+                 features=None):
+        stats = expect if isinstance(expect, GMMStatistics) else self.statistics(
+            expect, X, n_components, covariance_type, sample_weight, prefix, features)
+        nk, means, cov = parameters_from_statistics(stats, self.reg_covar, covariance_type)
         weights = nk / nk.sum()
         inv = inv_scale_from_covariances(cov, covariance_type)
         self.last = {"weights": weights, "means": means, "covariances": cov, "inv_scale": inv}
@@ -139,7 +170,9 @@ class GaussianMixture:
     Constructor arguments, methods and fitted attributes are those of
     ``sklearn.mixture.GaussianMixture``; in addition ``device`` and ``dtype`` (float32 or
     float64; default: the data's float type, float64 for anything else) choose where and in
-    what precision EM runs, ``fit`` takes ``sample_weight``, and after fitting ``history_``
+    what precision EM runs, ``chunk_size`` (rows per E-step; None: chunks only when the
+    responsibilities of all rows would exceed about 4M entries) bounds a step's memory without
+    changing its result, ``fit`` takes ``sample_weight``, and after fitting ``history_``
     holds the mean log-likelihood at every evaluated parameter set of the kept run
     (``history_[:-1] == lower_bounds_``, ``history_[-1]`` at the returned parameters) and
     ``init_scores_`` the final lower bound of every initialization.
@@ -151,7 +184,7 @@ class GaussianMixture:
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
                  weights_init=None, means_init=None, precisions_init=None, random_state=None,
                  warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, chunk_size: Optional[int] = None) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -168,6 +201,7 @@ class GaussianMixture:
         self.verbose_interval = verbose_interval
         self.device = device
         self.dtype = dtype
+        self.chunk_size = chunk_size
 
     # -- scikit-learn estimator protocol -------------------------------------------------
     @classmethod
@@ -237,7 +271,9 @@ class GaussianMixture:
         Xc = Xfit - shift
         wsum = float(Xc.shape[0]) if wfit is None else float(wfit.sum())
         prefix = f"GaussianMixture{next(_fit_ids)}."
-        args = (Xc, k, self.covariance_type, wfit, prefix)
+        features = GaussianFeatures(Xc, self.covariance_type)
+        args = (Xc, k, self.covariance_type, wfit, prefix, features)
+        chunks = self._chunks(args)
         updates = GMMUpdates(self.reg_covar)
         em = pyroem.EM(gmm_model, updates=updates, max_plate_nesting=1)
         rs = check_random_state(self.random_state)
@@ -251,9 +287,9 @@ class GaussianMixture:
                     start = self._params_from_attributes(shift, dtype, device)
                     lb0 = self.lower_bound_
                 else:
-                    start = self._initial_params(Xc, wfit, rs, inits, shift)
+                    start = self._initial_params(Xc, wfit, rs, inits, shift, features)
                     lb0 = -math.inf
-                params, n_iter, lb, hist, converged = self._run(em, updates, args, start, lb0, wsum)
+                params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum)
                 scores.append(lb)
                 if self.max_iter == 0:
                     best, best_n_iter, best_hist = params, 0, []
@@ -265,9 +301,13 @@ class GaussianMixture:
                               "parameters, or increase max_iter, tol, or check for degenerate data.",
                               ConvergenceWarning, stacklevel=2)
             _write_params(prefix, best, self.covariance_type)
-            expect = em.e_step(*args)
-            final_ll = float(expect.log_likelihood) / wsum
-            labels = expect.marginal("z").argmax(-1)
+            final, parts = None, []
+            for cargs in chunks:
+                expect = em.e_step(*cargs)
+                final = expect.log_likelihood if final is None else final + expect.log_likelihood
+                parts.append(expect.marginal("z").T.max(0).indices)
+            final_ll = float(final) / wsum
+            labels = torch.cat(parts)
         finally:
             _drop_params(prefix)
         self._set_fitted(best, shift, dtype, device, d)
@@ -288,14 +328,36 @@ class GaussianMixture:
              else check_precisions_init(self.precisions_init, ct, k, d, dtype, device))
         return w, m, p
 
-    def _initial_params(self, Xc, w, rs, inits, shift) -> Dict[str, torch.Tensor]:
+    def _chunks(self, args: tuple) -> List[tuple]:
+        """The model's arguments for each chunk of rows (one chunk when everything fits)."""
+        Xc, k, ct, w, prefix, features = args
+        n = Xc.shape[0]
+        size = self.chunk_size if self.chunk_size is not None else max(1, _RESP_ELEMENTS // k)
+        if size >= n:
+            return [args]
+        out = []
+        for a in range(0, n, size):
+            part = features[a:a + size]
+            out.append((part.X, k, ct, None if w is None else w[a:a + size], prefix, part))
+        return out
+
+    @staticmethod
+    def _statistics(em, updates: GMMUpdates, chunks: List[tuple]) -> GMMStatistics:
+        """The engine's E-step on every chunk; their sufficient statistics summed."""
+        total = None
+        for cargs in chunks:
+            stats = updates.statistics(em.e_step(*cargs), *cargs)
+            total = stats if total is None else total + stats
+        return total
+
+    def _initial_params(self, Xc, w, rs, inits, shift, features=None) -> Dict[str, torch.Tensor]:
         """Parameters from the initial responsibilities, overridden by the user's inits."""
         w_init, m_init, p_init = inits
         ct = self.covariance_type
         weights = means = cov = None
         if w_init is None or m_init is None or p_init is None:
             resp = initial_resp(Xc, self.n_components, self.init_params, rs, w)
-            nk, means, cov = estimate_gaussian_parameters(Xc, resp, self.reg_covar, ct, w)
+            nk, means, cov = estimate_gaussian_parameters(Xc, resp, self.reg_covar, ct, w, features)
             weights = nk / (Xc.shape[0] if w is None else w.sum())
             if ct == "tied" and self.init_params in ("k-means++", "random_from_data"):
                 cov = self._tied_from_one_hot(Xc + shift, means + shift, nk, w)
@@ -323,9 +385,13 @@ class GaussianMixture:
         return {"weights": t(self.weights_), "means": t(self.means_) - shift,
                 "covariances": t(self.covariances_), "inv_scale": self._inv_scale(dtype, device)}
 
-    def _run(self, em, updates, args, start, lb0, wsum):
-        """One EM run in scikit-learn's order: E-step (lower bound), M-step, convergence test."""
-        _write_params(args[-1], start, self.covariance_type)
+    def _run(self, em, updates, args, chunks, start, lb0, wsum):
+        """One EM run in scikit-learn's order: E-step (lower bound), M-step, convergence test.
+
+        The E-step is the engine's on each chunk of rows; the M-step is the engine's with the
+        summed statistics handed to the closed-form update.
+        """
+        _write_params(args[4], start, self.covariance_type)
         params, lb, hist, converged, n_iter = start, lb0, [], False, 0
         if self.max_iter == 0:
             return params, 0, -math.inf, hist, False
@@ -333,18 +399,24 @@ class GaussianMixture:
         # (k-means++, random_from_data) leave them summing to about K/N, which shifts every
         # log p(x_n) by log Σ_k weights_k; the model itself uses the normalized weights.
         offset = math.log(float(start["weights"].double().sum()))
-        for n_iter in range(1, self.max_iter + 1):
-            prev = lb
-            expect = em.e_step(*args)
-            lb = float(expect.log_likelihood) / wsum + (offset if n_iter == 1 else 0.0)
-            em.m_step(expect, *args)
-            params = updates.last
-            hist.append(lb)
-            change = lb - prev
-            self._print_iter_end(n_iter, change)
-            if abs(change) < self.tol:
-                converged = True
-                break
+        bar = tqdm(total=self.max_iter, desc="EM", leave=False, file=sys.stderr, disable=self.verbose < 1)
+        try:
+            for n_iter in range(1, self.max_iter + 1):
+                prev = lb
+                stats = self._statistics(em, updates, chunks)
+                lb = float(stats.log_likelihood) / wsum + (offset if n_iter == 1 else 0.0)
+                em.m_step(stats, *args)
+                params = updates.last
+                hist.append(lb)
+                change = lb - prev
+                bar.set_postfix(lower_bound=f"{lb:.6g}", change=f"{change:.2e}", refresh=False)
+                bar.update(1)
+                self._print_iter_end(n_iter, change)
+                if abs(change) < self.tol:
+                    converged = True
+                    break
+        finally:
+            bar.close()
         self._print_init_end(lb, converged)
         return params, n_iter, lb, hist, converged
 
@@ -360,7 +432,7 @@ class GaussianMixture:
         self._shift = _numpy(shift)
         self._fit_dtype, self._fit_device = dtype, device
 
-    # -- verbose output (scikit-learn's messages) ----------------------------------------------
+    # -- verbose output: a progress bar on stderr, scikit-learn's messages on stdout -------------
     def _print_init_begin(self, init: int) -> None:
         if self.verbose >= 1:
             print(f"Initialization {init}")
@@ -395,31 +467,31 @@ class GaussianMixture:
         return pc.transpose(-1, -2) if self.covariance_type in ("full", "tied") else pc
 
     def _weighted_log_prob(self, X) -> torch.Tensor:
-        """``log weights_k + log N(x_n | k)``, shape ``(N, K)``."""
+        """``log weights_k + log N(x_n | k)``, shape ``(K, N)`` (contiguous)."""
         self._check_fitted()
         dtype, device = self._target()
         Xt = check_X(X, dtype, device, n_features=self.means_.shape[1])
         shift = torch.as_tensor(getattr(self, "_shift", np.zeros(self.means_.shape[1])), dtype=dtype, device=device)
         means = torch.as_tensor(np.asarray(self.means_), dtype=dtype, device=device) - shift
         logw = torch.as_tensor(np.asarray(self.weights_), dtype=dtype, device=device).log()
-        return log_gaussian_prob(Xt - shift, means, self._inv_scale(dtype, device), self.covariance_type) + logw
+        table = log_gaussian_table(Xt - shift, means, self._inv_scale(dtype, device), self.covariance_type)
+        return table.add_(logw.unsqueeze(1))
 
     def score_samples(self, X) -> np.ndarray:
         """``log p(x_n)`` for every row of ``X``."""
-        return _numpy(torch.logsumexp(self._weighted_log_prob(X), 1))
+        return _numpy(torch.logsumexp(self._weighted_log_prob(X), 0))
 
     def score(self, X, y=None) -> float:
         """Mean log-likelihood of ``X``."""
-        return float(torch.logsumexp(self._weighted_log_prob(X), 1).mean())
+        return float(torch.logsumexp(self._weighted_log_prob(X), 0).mean())
 
     def predict(self, X) -> np.ndarray:
         """Most probable component of every row."""
-        return _numpy(self._weighted_log_prob(X).argmax(1))
+        return _numpy(self._weighted_log_prob(X).max(0).indices)
 
     def predict_proba(self, X) -> np.ndarray:
         """Posterior component probabilities ``(N, K)``."""
-        wlp = self._weighted_log_prob(X)
-        return _numpy((wlp - torch.logsumexp(wlp, 1, keepdim=True)).exp())
+        return _numpy(torch.softmax(self._weighted_log_prob(X), 0).T)
 
     def _n_parameters(self) -> int:
         k, d = self.means_.shape

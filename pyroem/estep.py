@@ -148,7 +148,38 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
             comp.blocks.append(Block(pdims, f.ordinal, t))
 
 
-def _contract_component(comp: Component, dim_size: Dict[str, int]) -> torch.Tensor:
+class _LogSumExp(torch.autograd.Function):
+    """``log Σ exp x`` over ``dims`` whose forward keeps ``exp(x - max)``, so the backward (the
+    posterior) is one multiply instead of a second ``exp`` pass. Exponents below the dtype's
+    underflow point are set to exactly 0 rather than computed as subnormals (slow on CPUs):
+    they are below rounding against the row's largest term. First derivatives only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: List[int]) -> torch.Tensor:
+        dims = sorted(d % x.dim() for d in dims)
+        top = x.amax(dims, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        e = x - top
+        floor = -80.0 if e.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
+        low = e < floor
+        e.clamp_min_(floor).exp_().masked_fill_(low, 0.0)
+        s = e.sum(dims, keepdim=True)
+        ctx.save_for_backward(e, s)
+        ctx.dims = dims
+        out = s.log().add_(top)
+        for d in reversed(dims):
+            out = out.squeeze(d)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        e, s = ctx.saved_tensors
+        for d in ctx.dims:
+            grad = grad.unsqueeze(d)
+        return e * (grad / s), None
+
+
+def _contract_component(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> torch.Tensor:
     """log Z of one component over its target plates (Pyro's plated sum-product contraction).
 
     A component that is a single leaf already in its target plates (a mixture: prior and
@@ -157,7 +188,10 @@ def _contract_component(comp: Component, dim_size: Dict[str, int]) -> torch.Tens
     if len(comp.blocks) == 1 and comp.blocks[0].ordinal == comp.target:
         b = comp.blocks[0]
         sum_at = [i for i, d in enumerate(b.dims) if d in comp.sum_dims]
-        out = torch.logsumexp(b.tensor, dim=sum_at)
+        if differentiable:
+            out = torch.logsumexp(b.tensor, dim=sum_at)
+        else:  # the E-step: one backward pass for the posteriors, never a second derivative
+            out = _LogSumExp.apply(b.tensor, sum_at)
         return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
     tree = OrderedDict()
     for b in comp.blocks:
@@ -236,7 +270,7 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             else:
                 for b in comp.blocks:
                     with_dims(b.tensor, b.dims)
-            pieces.append(_contract_component(comp, dim_size))
+            pieces.append(_contract_component(comp, dim_size, differentiable))
         scaled = []
         for comp, logz in zip(comps, pieces):
             if isinstance(comp.scale, torch.Tensor):

@@ -109,6 +109,11 @@ class LatentPolicy(Messenger):
             if self.enumerate:
                 msg["infer"]["enumerate"] = "parallel"
                 _share_broadcast_logits(fn)
+            elif msg["value"] is None:
+                # the probe run only learns plates and params: the first value of the support
+                # serves as well as a random draw, without a multinomial over every data point
+                first = fn.enumerate_support(expand=False)[0]
+                msg["value"] = first.expand(fn.batch_shape + fn.event_shape)
             return
         if fn.support.is_discrete:
             raise ValueError(

@@ -353,12 +353,12 @@ def test_gmm_tiny_variances_in_100_dimensions(dtype, covariance_type):
 
 def test_gmm_collapsed_component_stays_finite():
     """One component locks onto a single isolated point: its covariance is reg_covar, not 0."""
-    X = np.vstack([RNG.randn(50, 2), [[40.0, 40.0]]])
+    X = np.vstack([np.random.RandomState(1).randn(50, 2), [[40.0, 40.0]]])
     means_init = [[0.0, 0.0], [40.0, 40.0]]
-    est = GaussianMixture(2, means_init=means_init, reg_covar=1e-6, max_iter=20).fit(X)
+    est = GaussianMixture(2, means_init=means_init, reg_covar=1e-6, max_iter=20, random_state=0).fit(X)
     _assert_finite_gmm(est)
     np.testing.assert_allclose(est.covariances_[1], 1e-6 * np.eye(2), rtol=1e-6, atol=1e-15)
-    ref = SkGaussianMixture(2, means_init=means_init, reg_covar=1e-6, max_iter=20).fit(X)
+    ref = SkGaussianMixture(2, means_init=means_init, reg_covar=1e-6, max_iter=20, random_state=0).fit(X)
     assert est.score(X) == pytest.approx(ref.score(X), rel=1e-8)
 
 

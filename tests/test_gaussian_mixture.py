@@ -303,6 +303,8 @@ BAD = {
     "precisions_init not PD": (dict(precisions_init=-np.stack([np.eye(4)] * 2)), None, "precisions_init"),
     "precisions_init shape": (dict(precisions_init=np.ones((2, 4))), None, "precisions_init"),
     "diag precisions <= 0": (dict(covariance_type="diag", precisions_init=np.zeros((2, 4))), None, "precisions_init"),
+    "chunk_size = 0": (dict(chunk_size=0), None, "chunk_size"),
+    "chunk_size float": (dict(chunk_size=2.5), None, "chunk_size"),
 }
 
 
@@ -353,7 +355,8 @@ def test_degenerate_data_gives_finite_parameters(dtype, covariance_type):
         np.all(np.linalg.eigvalsh(est.covariances_) > 0)
     # an empty component: a start far from every point
     X = np.random.RandomState(0).randn(30, 3).astype(dtype)
-    est = GaussianMixture(2, covariance_type=covariance_type, means_init=[[0, 0, 0], [1e3, 1e3, 1e3]]).fit(X)
+    est = GaussianMixture(2, covariance_type=covariance_type, means_init=[[0, 0, 0], [1e3, 1e3, 1e3]],
+                          random_state=0).fit(X)
     for attr in ("weights_", "means_", "covariances_", "precisions_"):
         assert np.all(np.isfinite(getattr(est, attr))), attr
     assert est.weights_.min() < 1e-6
@@ -411,3 +414,88 @@ def test_estimator_protocol():
     assert est.fit(X, y=np.zeros(len(X))) is est
     np.testing.assert_array_equal(clone(est).fit_predict(X), est.predict(X))
     assert GaussianMixture.model is gmm_model
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_chunked_e_steps_give_sklearns_fit(covariance_type):
+    """Statistics summed over chunks of 7 rows (and features rebuilt per chunk) = one full pass."""
+    X = blobs(11)
+    w = np.random.RandomState(3).randint(1, 4, size=len(X))
+    init = explicit_init(X, 3, covariance_type, seed=13)
+    ref = SkGaussianMixture(3, covariance_type=covariance_type, tol=1e-5, max_iter=200, **init)
+    ref.fit(np.repeat(X, w, axis=0))
+    ours = GaussianMixture(3, covariance_type=covariance_type, tol=1e-5, max_iter=200, chunk_size=7, **init)
+    labels = ours.fit_predict(X, sample_weight=w)
+    assert_same_fit(ours, ref, X)
+    np.testing.assert_array_equal(labels, ref.predict(X))
+
+
+def test_features_built_in_row_chunks_give_sklearns_fit(monkeypatch):
+    """With no room to cache the per-row features, they are rebuilt in chunks of a few rows."""
+    from pyroem.models import _gaussian
+    monkeypatch.setattr(_gaussian, "_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(_gaussian, "_CHUNK_ELEMENTS", 50)
+    X = iris()
+    init = explicit_init(X, 3, "full", seed=14)
+    ref = SkGaussianMixture(3, tol=1e-5, max_iter=200, **init).fit(X)
+    ours = GaussianMixture(3, tol=1e-5, max_iter=200, **init).fit(X)
+    assert_same_fit(ours, ref, X)
+    assert_rel(ours.score_samples(X), ref.score_samples(X), 1e-9)
+
+
+def test_engine_fit_with_precomputed_features_is_sklearn_em():
+    """``gmm_model`` given ``GaussianFeatures`` of its data: the same EM steps as scikit-learn."""
+    from pyroem.models._gaussian import GaussianFeatures
+    X = blobs(12)
+    init = explicit_init(X, 3, "tied", seed=15)
+    ref = SkGaussianMixture(3, covariance_type="tied", max_iter=4, tol=0, **init)
+    with pytest.warns(ConvergenceWarning):
+        ref.fit(X)
+    Xt = torch.tensor(X)
+    pyro.param("weights", torch.tensor(init["weights_init"]), constraint=pyro.distributions.constraints.simplex)
+    pyro.param("means", torch.tensor(init["means_init"]))
+    inv = torch.linalg.cholesky(torch.tensor(init["precisions_init"]).flip(-1, -2)).flip(-1, -2).T
+    pyro.param("inv_scale", inv, constraint=pyro.distributions.constraints.lower_cholesky)
+    em = pyroem.EM(gmm_model, updates=GMMUpdates(reg_covar=1e-6))
+    args = (Xt, 3, "tied", None, "", GaussianFeatures(Xt, "tied"))
+    lls = [em.step(*args) / len(X) for _ in range(4)]
+    assert_rel(lls, ref.lower_bounds_, 1e-9)
+    assert_rel(em.params["means"].numpy(), ref.means_, 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_far_apart_clusters_keep_exact_log_likelihood_and_posterior(dtype):
+    """Components thousands of standard deviations away from a point (underflowing ``exp``):
+    log p(x) and the posterior still equal scipy's float64 values to the dtype's rounding."""
+    rs = np.random.RandomState(4)
+    centres = np.array([[0.0, 0.0], [60.0, 0.0], [0.0, 60.0], [1.0, 1.5]])
+    X = np.vstack([c + rs.randn(25, 2) * s for c, s in zip(centres, [1.0, 0.5, 2.0, 0.3])])
+    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    covs = np.stack([np.eye(2) * s ** 2 for s in [1.0, 0.5, 2.0, 0.3]])
+    logp = np.stack([np.log(w) + multivariate_normal(m, c).logpdf(X) for w, m, c in zip(weights, centres, covs)], 1)
+    assert logp.min() - logp.max(1).max() < -1000  # far below exp's underflow in both dtypes
+    Xt = torch.tensor(X, dtype=dtype)
+    pyro.param("weights", torch.tensor(weights, dtype=dtype), constraint=pyro.distributions.constraints.simplex)
+    pyro.param("means", torch.tensor(centres, dtype=dtype))
+    inv = torch.tensor(np.stack([np.eye(2) / s for s in [1.0, 0.5, 2.0, 0.3]]), dtype=dtype)
+    pyro.param("inv_scale", inv, constraint=pyro.distributions.constraints.lower_cholesky)
+    # probabilities below e^-60 (float32) / e^-600 (float64) of a row's largest may be raised to that level
+    rtol, atol = (1e-5, 1e-25) if dtype == torch.float32 else (1e-12, 1e-250)
+    expect = pyroem.EM(gmm_model, updates=GMMUpdates()).e_step(Xt, 4)
+    assert_rel(float(expect.log_likelihood), logsumexp(logp, axis=1).sum(), rtol)
+    post = expect.marginal("z")
+    assert_rel(post.double().numpy(), np.exp(logp - logsumexp(logp, axis=1, keepdims=True)), rtol, atol=atol)
+    assert_rel(float(pyroem.log_likelihood(gmm_model, Xt, 4).detach()), logsumexp(logp, axis=1).sum(), rtol)
+
+
+def test_component_on_one_far_point_has_exactly_reg_covar_in_chunks():
+    """A component locked onto one isolated point: its scatter is taken about its mean (not the
+    origin), so its covariance is reg_covar to 1e-15, as scikit-learn's direct formula gives."""
+    rs = np.random.RandomState(21)
+    X = np.vstack([rs.randn(60, 3), [[50.0, -30.0, 40.0]]])
+    w = rs.randint(1, 3, size=len(X))
+    init = {"means_init": [[0.0, 0.0, 0.0], [50.0, -30.0, 40.0]]}
+    ref = SkGaussianMixture(2, max_iter=20, **init).fit(np.repeat(X, w, axis=0))
+    ours = GaussianMixture(2, max_iter=20, chunk_size=16, **init).fit(X, sample_weight=w)
+    np.testing.assert_allclose(ours.covariances_[1], 1e-6 * np.eye(3), rtol=1e-6, atol=1e-15)
+    assert_same_fit(ours, ref, X)
