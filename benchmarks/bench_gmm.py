@@ -11,7 +11,6 @@ final parameters, all scored by the same float64 code.
     python benchmarks/bench_gmm.py                       # N=200000, D=8, K=16, 20 steps
     python benchmarks/bench_gmm.py --markdown            # a README-ready table
     python benchmarks/bench_gmm.py --phases              # where a pyroem step spends its time
-    python benchmarks/bench_gmm.py --engine-prototype    # also pyroem with a prototype engine change
     python benchmarks/bench_gmm.py --n 10000000 --dtype float32 --steps 5 --peak   # memory
 """
 from __future__ import annotations
@@ -129,79 +128,8 @@ def fit_pomegranate(X: np.ndarray, k: int, steps: int, start: dict) -> Fit:
     return 1000 * elapsed / steps, (weights, means, cov)
 
 
-# -- an engine change, prototyped here only (pyroem/estep.py is not modified) -----------------------
-class _LogSumExpKeepingExp(torch.autograd.Function):
-    """``log Σ exp x`` whose forward keeps ``exp(x - max)``: the backward (the posterior) is one
-    multiply instead of a second ``exp`` pass; exponents are floored where ``exp`` would underflow."""
-
-    @staticmethod
-    def forward(ctx, x, dims):
-        dims = sorted(d % x.dim() for d in dims)
-        top = x.amax(dims, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        e = torch.sub(x, top)
-        floor = -80.0 if x.dtype == torch.float32 else -700.0
-        low = e < floor
-        e.clamp_min_(floor).exp_().masked_fill_(low, 0.0)
-        s = e.sum(dims, keepdim=True)
-        ctx.save_for_backward(e, s)
-        ctx.dims = dims
-        out = s.log().add_(top)
-        for d in reversed(dims):
-            out = out.squeeze(d)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        e, s = ctx.saved_tensors
-        for d in ctx.dims:
-            grad = grad.unsqueeze(d)
-        return e * (grad / s), None
-
-
-@contextlib.contextmanager
-def engine_prototype():
-    """Two engine changes, patched for the duration of the block:
-
-    1. ``pyroem.estep._contract_component``: a single-leaf component (a mixture) uses
-       :class:`_LogSumExpKeepingExp` instead of ``torch.logsumexp`` + its autograd backward;
-    2. ``pyroem.handlers.LatentPolicy`` in the probe run (``enumerate=False``): a finite discrete
-       latent takes the first value of its support instead of a random draw (the probe only
-       learns plates and params; drawing N categorical values costs a multinomial over (N, K)).
-    """
-    import pyroem.estep as estep
-    from pyroem.handlers import LatentPolicy
-
-    original = estep._contract_component
-    original_sample = LatentPolicy._pyro_sample
-
-    def probe_sample(self, msg):
-        original_sample(self, msg)
-        fn = msg["fn"]
-        if (not self.enumerate and not msg["is_observed"] and msg["value"] is None
-                and getattr(fn, "has_enumerate_support", False)):
-            first = fn.enumerate_support(expand=False)[0]
-            msg["value"] = first.expand(fn.batch_shape + fn.event_shape)
-
-    def contract(comp, dim_size):
-        if len(comp.blocks) == 1 and comp.blocks[0].ordinal == comp.target:
-            b = comp.blocks[0]
-            sum_at = [i for i, d in enumerate(b.dims) if d in comp.sum_dims]
-            out = _LogSumExpKeepingExp.apply(b.tensor, sum_at)
-            return estep.with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
-        return original(comp, dim_size)
-
-    estep._contract_component = contract
-    LatentPolicy._pyro_sample = probe_sample
-    try:
-        yield
-    finally:
-        estep._contract_component = original
-        LatentPolicy._pyro_sample = original_sample
-
-
 # -- per-phase timing of one pyroem fit ------------------------------------------------------------
-def phases(X: np.ndarray, k: int, steps: int, start: dict, prototype: bool = False) -> Dict[str, float]:
+def phases(X: np.ndarray, k: int, steps: int, start: dict) -> Dict[str, float]:
     """Milliseconds per step spent in each phase of ``GaussianMixture.fit`` (wrapped functions)."""
     import pyroem.em as em_mod
     import pyroem.models._gaussian as gauss
@@ -233,13 +161,12 @@ def phases(X: np.ndarray, k: int, steps: int, start: dict, prototype: bool = Fal
     wrap(em_mod, "write_params", "  write params (engine)")
     wrap(em_mod.ModelTracer, "probe", "engine probe (once per fit)")
     try:
-        with engine_prototype() if prototype else contextlib.nullcontext():
-            t0 = time.perf_counter()
-            est = GaussianMixture(k, max_iter=steps, tol=0.0, **start)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                est.fit(X)
-            total = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        est = GaussianMixture(k, max_iter=steps, tol=0.0, **start)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X)
+        total = time.perf_counter() - t0
     finally:
         for owner, name, original in reversed(patched):
             setattr(owner, name, original)
@@ -279,8 +206,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), action="append", help="repeatable; default both")
     p.add_argument("--markdown", action="store_true", help="print a README-ready table")
     p.add_argument("--phases", action="store_true", help="per-phase timing of pyroem")
-    p.add_argument("--engine-prototype", action="store_true",
-                   help="also time pyroem with the prototype engine change (patched in this process only)")
     p.add_argument("--no-pomegranate", action="store_true")
     p.add_argument("--peak", action="store_true", help="pyroem only: time and peak memory (large N)")
     p.add_argument("--chunk-size", type=int, default=None)
@@ -302,11 +227,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         if use_pg:
             runners[("pomegranate", dt)] = lambda X: fit_pomegranate(X, args.k, args.steps, start)
         runners[("pyroem", dt)] = lambda X: fit_pyroem(X, args.k, args.steps, start)
-        if args.engine_prototype:
-            def proto(X):
-                with engine_prototype():
-                    return fit_pyroem(X, args.k, args.steps, start)
-            runners[("pyroem + engine prototype", dt)] = proto
     data = {dt: X64.astype(DTYPES[dt]) for dt in args.dtype}
     times: Dict[Tuple[str, str], List[float]] = collections.defaultdict(list)
     final: Dict[Tuple[str, str], tuple] = {}
@@ -343,10 +263,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     if args.phases:
         for dt in args.dtype:
-            for proto in ([False, True] if args.engine_prototype else [False]):
-                print(f"\npyroem {dt} phases (ms/step){' with the engine prototype' if proto else ''}:")
-                for label, v in phases(data[dt], args.k, args.steps, start, proto).items():
-                    print(f"  {label:45s} {v:7.1f}")
+            print(f"\npyroem {dt} phases (ms/step):")
+            for label, v in phases(data[dt], args.k, args.steps, start).items():
+                print(f"  {label:45s} {v:7.1f}")
 
 
 if __name__ == "__main__":

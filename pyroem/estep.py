@@ -7,6 +7,7 @@ touches, per plate element (gradient of a log-partition = expected sufficient st
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Union
@@ -161,8 +162,9 @@ class _LogSumExp(torch.autograd.Function):
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         e = x - top
         floor = -80.0 if e.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
-        low = e < floor
-        e.clamp_min_(floor).exp_().masked_fill_(low, 0.0)
+        # exp(max(e, floor)) - exp(floor): exactly 0 at and below the floor (log 0 included),
+        # and off by exp(floor) (below any rounding) elsewhere
+        e.clamp_min_(floor).exp_().sub_(math.exp(floor))
         s = e.sum(dims, keepdim=True)
         ctx.save_for_backward(e, s)
         ctx.dims = dims
@@ -176,7 +178,7 @@ class _LogSumExp(torch.autograd.Function):
         e, s = ctx.saved_tensors
         for d in ctx.dims:
             grad = grad.unsqueeze(d)
-        return e * (grad / s), None
+        return e.mul_(grad / s), None  # e is not needed again: the posterior takes its memory
 
 
 def _contract_component(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> torch.Tensor:
