@@ -241,8 +241,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ll = {key: mean_log_likelihood(X64, *params) for key, params in final.items()}
     ref = ll.get(("scikit-learn", "float64"), next(iter(ll.values())))
     med = {key: statistics.median(v) for key, v in times.items()}
-    print(f"N={args.n} D={args.d} K={args.k} full covariance, {args.steps} steps, "
-          f"torch threads {args.threads}, median of {args.repeats} interleaved runs (machine may be shared)")
+    print(f"GaussianMixture against its peers: N={args.n} D={args.d} K={args.k} full covariance, "
+          f"{args.steps} steps from the same start, torch threads {args.threads}, "
+          f"median of {args.repeats} interleaved runs")
     head = ["library", "dtype", "ms/step", "sklearn / this", "pomegranate / this", "final mean log-lik",
             "|Δ| vs sklearn f64"]
     rows = []
@@ -252,6 +253,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows.append([lib, dt, f"{m:.1f}", f"{sk / m:.1f}x" if sk else "-", f"{pg / m:.1f}x" if pg else "-",
                      f"{ll[(lib, dt)]:.6f}", f"{abs(ll[(lib, dt)] - ref):.1e}"])
     if args.markdown:
+        head[-1] = head[-1].replace("|", "\\|")
+        print()
         print("| " + " | ".join(head) + " |")
         print("|" + "|".join("---" for _ in head) + "|")
         for r in rows:

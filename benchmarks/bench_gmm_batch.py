@@ -52,8 +52,9 @@ def main() -> None:
     inits = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
     hyper = dict(covariance_type=args.covariance, max_iter=args.max_iter, tol=args.tol, **inits)
 
-    print(f"{args.fits} Gaussian mixtures, N={args.n}, D={args.d}, K={args.k}, {args.covariance} covariance, "
-          f"float64, torch threads={torch.get_num_threads()}")
+    if not args.markdown:
+        print(f"{args.fits} Gaussian mixtures, N={args.n}, D={args.d}, K={args.k}, {args.covariance} covariance, "
+              f"float64, torch threads={torch.get_num_threads()}")
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
     batch = GaussianMixture(args.k, **hyper).fit_batch(X)

@@ -143,9 +143,10 @@ def main(args) -> int:
     head = ["case", "library", "steps", "ms / step", "x hmmlearn", "final log-likelihood", "rel. diff to hmmlearn"]
     lines = [[r["case"], r["lib"], str(r["steps"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['ll']:.6f}", r["agree"]]
              for r in rows]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pyroem dtype {args.dtype}, "
-          f"median of {args.rounds} interleaved rounds")
+    print(f"HMM Baum-Welch against hmmlearn (same data, same start): torch threads {torch.get_num_threads()}, "
+          f"pyroem dtype {args.dtype}, median of {args.rounds} interleaved rounds")
     if args.markdown:
+        print()
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for line in lines:

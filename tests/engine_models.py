@@ -51,6 +51,15 @@ def mixture_loglik(y, w, loc, scale, weights=None) -> float:
         per_point = np_(weights) * per_point
     return float(per_point.sum())
 
+def mixture_updates(expect, y, *args, **kwargs):
+    """Weighted-MLE M-step of a 1-D Gaussian mixture from the responsibilities."""
+    r = expect.marginal("z")
+    nk = r.sum(0)
+    loc = (r * y[:, None]).sum(0) / nk
+    var = (r * (y[:, None] - loc) ** 2).sum(0) / nk
+    return {"w": nk / nk.sum(), "loc": loc, "scale": var.sqrt()}
+
+
 
 # --- 3-state HMM written with pyro.markov ----------------------------------------------------
 HMM_Y = [-1.2, -0.8, 0.3, 1.9, 2.4, 0.1, -1.1, 2.2]

@@ -19,17 +19,9 @@ from engine_models import (
     map_log_posterior,
     mixture_data,
     mixture_loglik,
+    mixture_updates,
     np_,
 )
-
-
-def mixture_updates(expect, y):
-    """Weighted MLE of a 1-D Gaussian mixture from the responsibilities."""
-    r = expect.marginal("z")
-    nk = r.sum(0)
-    loc = (r * y[:, None]).sum(0) / nk
-    var = (r * (y[:, None] - loc) ** 2).sum(0) / nk
-    return {"w": nk / nk.sum(), "loc": loc, "scale": var.sqrt()}
 
 
 def stop_at(step, exc=KeyboardInterrupt):

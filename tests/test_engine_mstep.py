@@ -28,19 +28,11 @@ from engine_models import (
     mixture_data,
     mixture_joint,
     mixture_loglik,
+    mixture_updates,
     nested_brute_force,
     nested_data,
     np_,
 )
-
-
-def mixture_updates(expect, y, *args, **kwargs):
-    """Weighted-MLE M-step of a 1-D Gaussian mixture from the responsibilities."""
-    r = expect.marginal("z")
-    nk = r.sum(0)
-    loc = (r * y[:, None]).sum(0) / nk
-    var = (r * (y[:, None] - loc) ** 2).sum(0) / nk
-    return {"w": nk / nk.sum(), "loc": loc, "scale": var.sqrt()}
 
 
 def hand_weighted_em(y, weights, n_steps, w, loc, scale):
