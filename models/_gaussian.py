@@ -18,6 +18,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+import pyroem
+
 ILL_DEFINED = (
     "Fitting the mixture model failed because some components have ill-defined empirical "
     "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
@@ -404,7 +406,8 @@ class GaussianComponents(TorchDistribution):
             out = table.reshape((k,) + (1,) * max(0, z.dim() - 2) + (n,))
         else:
             out = table[z.long(), torch.arange(n, device=value.device)]
-        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+        out = out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+        return pyroem.donate(out)  # a fresh table: the E-step may write the posterior into it
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():

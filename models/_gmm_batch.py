@@ -94,7 +94,7 @@ class BatchGaussianComponents(TorchDistribution):
         z = self.component.long()
         shape = torch.broadcast_shapes(z.shape, table.shape[:-1])
         out = table.expand(shape + table.shape[-1:]).gather(-1, z.expand(shape).unsqueeze(-1)).squeeze(-1)
-        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+        return pyroem.donate(out.expand(torch.broadcast_shapes(out.shape, self.batch_shape)))
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():

@@ -6,6 +6,7 @@ from .em import EM
 from .expectations import Expectations
 from .functional import log_likelihood, posterior
 from .results import EMResult
+from .scratch import donate
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Expectations",
     "MonotonicityWarning",
     "compare_svi",
+    "donate",
     "load_checkpoint",
     "log_likelihood",
     "posterior",

@@ -78,7 +78,8 @@ class EM:
         ll = expect.log_likelihood
         if not bool(torch.isfinite(ll)):
             value = float(ll)
-            why = explain_nonfinite(value, trace, self.tracer.params())
+            with torch.no_grad():  # a fresh trace: the E-step may have reused log-prob memory
+                why = explain_nonfinite(value, self.tracer.trace(args, kwargs), self.tracer.params())
             raise ValueError(f"log p(y|θ) is {value} {where}: {why}")
         return expect
 

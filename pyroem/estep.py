@@ -20,6 +20,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .handlers import is_enumerated_site, is_subsample_site
 from .packing import align, dims_of, reduce_to, sizes, with_dims
+from .scratch import is_donated
 
 Scale = Union[float, torch.Tensor]
 
@@ -33,6 +34,7 @@ class Factor:
     ordinal: frozenset
     scale: Scale
     block: Optional["Block"] = None
+    scratch: bool = False  # its memory may take the posterior (see pyroem.donate)
 
 
 @dataclass
@@ -43,6 +45,17 @@ class Block:
     ordinal: frozenset
     tensor: torch.Tensor
     grad: Optional[torch.Tensor] = None
+    # E-step only: smaller factors (a mixture's prior) broadcast against ``tensor`` and added
+    # inside the logsumexp, so the sum is never written out as a tensor of its own
+    addends: List[torch.Tensor] = field(default_factory=list)
+    scratch: bool = False  # ``tensor``'s memory is the E-step's to overwrite
+
+    def materialize(self) -> None:
+        """Fold the deferred ``addends`` into ``tensor``."""
+        for a in self.addends:
+            self.tensor = self.tensor + a
+            self.scratch = True
+        self.addends = []
 
 
 @dataclass
@@ -117,13 +130,22 @@ def _components(factors: List[Factor], sum_dims: Set[str]) -> List[Component]:
     return components
 
 
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without its broadcast (stride-0) extent: such dims narrowed to size 1, a view.
+    A prior ``log p(z)`` is often a ``(K, N)`` view of ``K`` numbers."""
+    for d, (n, st) in enumerate(zip(t.shape, t.stride())):
+        if st == 0 and n > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
 def _build_blocks(comp: Component, dim_size: Dict[str, int],
                   site_ordinals: Dict[str, frozenset], differentiable: bool) -> None:
     """Sum factors of one ordinal whose dims nest into one leaf; add zero probes so that the
     posterior over every factor's variables is available at full plate resolution."""
     # Largest first, contiguous before broadcast views: a block takes the memory layout of the
     # factor it starts from, and the posteriors read off it (responsibilities) inherit that layout.
-    for f in sorted(comp.factors, key=lambda f: (-f.tensor.numel(), not f.tensor.is_contiguous())):
+    for f in sorted(comp.factors, key=lambda f: (-_compact(f.tensor).numel(), not f.tensor.is_contiguous())):
         fd = dims_of(f.tensor)
         home = None
         for b in comp.blocks:
@@ -132,11 +154,16 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
                     home = b
         if home is None:
             t = f.tensor if differentiable else f.tensor.detach()
-            home = Block(fd, f.ordinal, t)
+            home = Block(fd, f.ordinal, t, scratch=f.scratch and not differentiable)
             comp.blocks.append(home)
         else:
             t = align(f.tensor if differentiable else f.tensor.detach(), fd, home.dims)
-            home.tensor = home.tensor + t
+            small = _compact(t)
+            if not differentiable and small.numel() < _compact(home.tensor).numel():
+                home.addends.append(small)
+            else:
+                home.tensor = home.tensor + t
+                home.scratch = not differentiable
         f.block = home
     if differentiable:
         return
@@ -149,25 +176,64 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
             comp.blocks.append(Block(pdims, f.ordinal, t))
 
 
+# Elements per piece of the blocked logsumexp: its passes over a piece stay in cache.
+_LSE_PIECE = 1 << 18
+_EXP_FLOOR = {torch.float64: -700.0}  # others: -80
+
+
+def _lse_piece(x: torch.Tensor, addends: List[torch.Tensor], dims: List[int], e: torch.Tensor,
+               floor: float) -> tuple:
+    """The posterior ``softmax(x + Σ addends)`` over ``dims`` written into ``e`` (exactly 0 where
+    the exponent is at or below ``floor`` from the top), and ``(top, Σ exp(x + Σ addends - top))``."""
+    if addends:
+        torch.add(x, addends[0], out=e)
+        for a in addends[1:]:
+            e.add_(a)
+    elif e.data_ptr() != x.data_ptr():
+        e.copy_(x)
+    top = e.amax(dims, keepdim=True)
+    top.masked_fill_(~torch.isfinite(top), 0.0)
+    # exp(max(e, floor)) - exp(floor): exactly 0 at and below the floor (log 0 included) and
+    # off by exp(floor) (below any rounding) elsewhere; no subnormals, which are slow on CPUs
+    e.sub_(top).clamp_min_(floor).exp_().sub_(math.exp(floor))
+    total = e.sum(dims, keepdim=True)
+    e.div_(total)  # the posterior, while the piece is in cache
+    return top, total
+
+
 class _LogSumExp(torch.autograd.Function):
-    """``log Σ exp x`` over ``dims`` whose forward keeps ``exp(x - max)``, so the backward (the
-    posterior) is one multiply instead of a second ``exp`` pass. Exponents below the dtype's
-    underflow point are set to exactly 0 rather than computed as subnormals (slow on CPUs):
-    they are below rounding against the row's largest term. First derivatives only."""
+    """``log Σ exp (x + Σ addends)`` over ``dims`` for the E-step. The forward runs in pieces
+    along the largest kept dim (every pass over a piece stays in cache) and keeps the
+    normalized posterior, so the backward is the posterior itself (scaled only when the
+    incoming gradient is not all ones). ``addends`` are
+    constants broadcasting against ``x``; the gradient is taken with respect to ``x`` only,
+    which equals the gradient with respect to the sum. First derivatives only."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dims: List[int]) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, dims: List[int], scratch: bool, *addends: torch.Tensor) -> torch.Tensor:
         dims = sorted(d % x.dim() for d in dims)
-        top = x.amax(dims, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        e = x - top
-        floor = -80.0 if e.dtype in (torch.float32, torch.float16, torch.bfloat16) else -700.0
-        # exp(max(e, floor)) - exp(floor): exactly 0 at and below the floor (log 0 included),
-        # and off by exp(floor) (below any rounding) elsewhere
-        e.clamp_min_(floor).exp_().sub_(math.exp(floor))
-        s = e.sum(dims, keepdim=True)
-        ctx.save_for_backward(e, s)
+        floor = _EXP_FLOOR.get(x.dtype, -80.0)
+        kept = [d for d in range(x.dim()) if d not in dims]
+        # the posterior goes into x's own memory when x is scratch and dense, else into a new
+        # tensor with x's memory layout
+        e = x.detach() if scratch and x.is_contiguous() else torch.empty_like(x)
+        along = max(kept, key=lambda d: x.shape[d]) if kept else None
+        step = 0 if along is None else max(1, _LSE_PIECE * x.shape[along] // max(1, x.numel()))
+        if along is None or x.device.type != "cpu" or step >= x.shape[along]:
+            top, s = _lse_piece(x, list(addends), dims, e, floor)
+        else:
+            keep_shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
+            top, s = x.new_empty(keep_shape), x.new_empty(keep_shape)
+            n = x.shape[along]
+            for a in range(0, n, step):
+                m = min(step, n - a)
+                parts = [t if t.shape[along] == 1 else t.narrow(along, a, m) for t in addends]
+                t_, s_ = _lse_piece(x.narrow(along, a, m), parts, dims, e.narrow(along, a, m), floor)
+                top.narrow(along, a, m).copy_(t_)
+                s.narrow(along, a, m).copy_(s_)
+        ctx.save_for_backward(e)
         ctx.dims = dims
+        ctx.n_addends = len(addends)
         out = s.log().add_(top)
         for d in reversed(dims):
             out = out.squeeze(d)
@@ -175,10 +241,18 @@ class _LogSumExp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        e, s = ctx.saved_tensors
+        (e,) = ctx.saved_tensors
         for d in ctx.dims:
             grad = grad.unsqueeze(d)
-        return e.mul_(grad / s), None  # e is not needed again: the posterior takes its memory
+        # e is not needed again: the posterior takes its memory. The E-step's gradient is a
+        # broadcast 1 (log Z summed); checked on the CPU only, where reading it costs no sync
+        ones = (e.device.type == "cpu" and all(st == 0 for st in grad.stride())
+                and float(grad.reshape(-1)[0]) == 1.0)
+        return (e if ones else e.mul_(grad), None, None) + (None,) * ctx.n_addends
+
+
+def _single_leaf(comp: Component) -> bool:
+    return len(comp.blocks) == 1 and comp.blocks[0].ordinal == comp.target
 
 
 def _contract_component(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> torch.Tensor:
@@ -187,13 +261,13 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
     A component that is a single leaf already in its target plates (a mixture: prior and
     likelihood summed into one block) needs only a logsumexp over its latent dims.
     """
-    if len(comp.blocks) == 1 and comp.blocks[0].ordinal == comp.target:
+    if _single_leaf(comp):
         b = comp.blocks[0]
         sum_at = [i for i, d in enumerate(b.dims) if d in comp.sum_dims]
         if differentiable:
             out = torch.logsumexp(b.tensor, dim=sum_at)
         else:  # the E-step: one backward pass for the posteriors, never a second derivative
-            out = _LogSumExp.apply(b.tensor, sum_at)
+            out = _LogSumExp.apply(b.tensor, sum_at, b.scratch, *b.addends)
         return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
     tree = OrderedDict()
     for b in comp.blocks:
@@ -254,7 +328,8 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             constant_sites.append(name)
             constant_factors[name] = pk["log_prob"]
             continue
-        factors.append(Factor(name, t, site_ordinals[name], _packed_scale(site)))
+        scratch = t is pk["unscaled_log_prob"] and is_donated(site["unscaled_log_prob"])
+        factors.append(Factor(name, t, site_ordinals[name], _packed_scale(site), scratch=scratch))
     comps = _components(factors, sum_dims) if factors else []
     dim_size = sizes(f.tensor for f in factors)
     for name, site in trace.nodes.items():
@@ -268,6 +343,8 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             _build_blocks(comp, dim_size, site_ordinals, differentiable)
             if not differentiable:
                 for b in comp.blocks:
+                    if not _single_leaf(comp):  # only the single-leaf logsumexp takes addends
+                        b.materialize()
                     b.tensor = with_dims(b.tensor.detach().requires_grad_(), b.dims)
             else:
                 for b in comp.blocks:

@@ -7,6 +7,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
+from pyro.distributions.util import scale_and_mask
 
 from .handlers import (
     LatentPolicy,
@@ -14,6 +15,22 @@ from .handlers import (
     is_map_site,
     is_subsample_site,
 )
+
+
+def compute_log_prob(trace: Trace) -> None:
+    """``unscaled_log_prob`` and ``log_prob`` at every sample site but subsample ones, as
+    :meth:`Trace.compute_log_prob` computes them, without its ``log_prob_sum``: a reduction
+    over every enumerated table that the E-step never reads."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or is_subsample_site(site) or "log_prob" in site:
+            continue
+        try:
+            log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+        except ValueError as e:
+            shapes = trace.format_shapes(last_site=name)
+            raise ValueError(f"Error while computing log_prob at site '{name}':\n{e}\n{shapes}") from e
+        site["unscaled_log_prob"] = log_p
+        site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
 
 
 def _plate_dims(site: dict) -> List[int]:
@@ -111,7 +128,7 @@ class ModelTracer:
         """An enumerated trace with ``log_prob`` computed at every sample site."""
         self.ensure_probed(args, kwargs)
         trace = poutine.trace(self.enumerated_model(subsample)).get_trace(*args, **kwargs)
-        trace.compute_log_prob(site_filter=lambda name, site: not is_subsample_site(site))
+        compute_log_prob(trace)
         return trace
 
     @staticmethod
