@@ -15,7 +15,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .diagnostics import check_monotone, explain_nonfinite
 from .estep import contract_trace
 from .expectations import Expectations
-from .mstep import AutogradMStep, expected_log_joint, write_params
+from .mstep import AutogradMStep, expected_log_joint, unconstrained, write_params
 from .model_trace import ModelTracer
 from .results import EMResult
 from .validation import (
@@ -92,7 +92,7 @@ class EM:
 
     def m_step(self, expect: Expectations, *args, **kwargs) -> None:
         """Closed-form updates first, then L-BFGS on Q for every param they left out (ECM)."""
-        names = list(self.tracer.params())
+        names = list(self.tracer.names())
         new: Mapping[str, torch.Tensor] = {}
         if self.updates is not None:
             new = self.updates(expect, *args, **kwargs)
@@ -239,18 +239,16 @@ class EM:
 
     # -- helpers ---------------------------------------------------------------------
     def _names(self) -> Tuple[str, ...]:
-        return tuple(self.tracer.params())
+        return self.tracer.names()
 
     def _snapshot(self) -> Dict[str, torch.Tensor]:
         """Unconstrained values of every fitted param (restored exactly, no round trip)."""
-        store = pyro.get_param_store()
-        return {n: store.get_param(n).unconstrained().detach().clone() for n in self._names()}
+        return {n: unconstrained(n).detach().clone() for n in self._names()}
 
     def _restore(self, snapshot: Dict[str, torch.Tensor]) -> None:
-        store = pyro.get_param_store()
         with torch.no_grad():
             for name, value in snapshot.items():
-                store.get_param(name).unconstrained().copy_(value)
+                unconstrained(name).copy_(value)
 
     def _save(self, path: str, history: List[float], n_iter: int, rng: Optional[torch.Tensor],
               converged: bool = False, reason: str = "running") -> None:

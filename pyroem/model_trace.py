@@ -139,8 +139,11 @@ class ModelTracer:
             if site["type"] == "sample" and is_subsample_site(site)
         }
 
+    def names(self) -> Tuple[str, ...]:
+        """Every fitted parameter's name (params, then MAP sites)."""
+        return self.param_names + tuple(n for n in self.map_sites if n not in self.param_names)
+
     def params(self) -> Dict[str, torch.Tensor]:
         """Current constrained values of every fitted parameter (params and MAP sites)."""
         store = pyro.get_param_store()
-        names = self.param_names + tuple(n for n in self.map_sites if n not in self.param_names)
-        return {name: store.get_param(name) for name in names}
+        return {name: store.get_param(name) for name in self.names()}

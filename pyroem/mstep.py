@@ -16,8 +16,14 @@ from .expectations import Expectations
 from .handlers import is_enumerated_site, is_subsample_site, param_constraint
 
 
-def _unconstrained(name: str) -> torch.Tensor:
-    return pyro.get_param_store().get_param(name).unconstrained()
+def unconstrained(name: str) -> torch.Tensor:
+    """The param store's unconstrained tensor for ``name`` (the one optimizers update), read
+    without computing the constrained value."""
+    store = pyro.get_param_store()
+    raw = getattr(store, "_params", None)
+    if isinstance(raw, dict) and name in raw:
+        return raw[name]
+    return store.get_param(name).unconstrained()
 
 
 def _q_or_none(q_fn: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
@@ -58,7 +64,7 @@ def write_params(new: Mapping[str, object], fitted: Iterable[str]) -> None:
                     f"updates returned a value for '{name}' on the boundary of its constraint "
                     f"{constraint}; it has no finite unconstrained representation"
                 )
-            _unconstrained(name).copy_(u)
+            unconstrained(name).copy_(u)
 
 
 def expected_log_joint(trace, expect: Expectations) -> torch.Tensor:
@@ -136,8 +142,8 @@ class AutogradMStep:
         names = list(names)
         if not names:
             return
-        leaves = [_unconstrained(n) for n in names]
-        frozen = [_unconstrained(n) for n in all_names if n not in names]
+        leaves = [unconstrained(n) for n in names]
+        frozen = [unconstrained(n) for n in all_names if n not in names]
         start = [x.detach().clone() for x in leaves]
         dtype = leaves[0].dtype
         tight = dtype == torch.float64
