@@ -159,7 +159,8 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
         else:
             t = align(f.tensor if differentiable else f.tensor.detach(), fd, home.dims)
             small = _compact(t)
-            if not differentiable and small.numel() < _compact(home.tensor).numel():
+            if (not differentiable and small.numel() < _compact(home.tensor).numel()
+                    and torch.result_type(home.tensor, small) == home.tensor.dtype):
                 home.addends.append(small)
             else:
                 home.tensor = home.tensor + t

@@ -125,3 +125,24 @@ def test_pieces_with_impossible_components_give_exact_zeros(monkeypatch, dtype):
 def test_donate_refuses_a_non_tensor():
     with pytest.raises(TypeError, match="torch.Tensor"):
         pyroem.donate([1.0, 2.0])
+
+
+@pytest.mark.parametrize("piece", [64, 1 << 18])
+def test_mixed_precision_prior_and_likelihood_promote_as_torch_does(monkeypatch, piece):
+    """float64 weights with a float32 likelihood: the posterior comes out in float64 (torch's
+    promotion), equal to Bayes' rule on the float32 densities."""
+    pyro.clear_param_store()
+    monkeypatch.setattr(estep, "_LSE_PIECE", piece)
+
+    def model(y):
+        w = pyro.param("w", torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([-2.0, 0.5, 3.0]))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(loc[z], 1.0), obs=y)
+
+    y = _data(400, torch.float32)
+    r = pyroem.EM(model).e_step(y).marginal("z")
+    assert r.dtype == torch.float64
+    lik = dist.Normal(torch.tensor([-2.0, 0.5, 3.0]), 1.0).log_prob(y[:, None]).double().numpy()
+    np.testing.assert_allclose(r.numpy(), softmax(np.log([0.2, 0.3, 0.5]) + lik, axis=1), rtol=1e-10, atol=1e-14)
