@@ -35,13 +35,14 @@ from ._hmm_inputs import (
     pad_sequences,
     random_state_of,
 )
-from ._hmm_viterbi import viterbi
+from ._hmm_viterbi import BLOCKED_MAX_STATES, viterbi, viterbi_blocked
 
 DECODERS = ("viterbi", "map")
 #: ``"auto"``: ``"scan"`` for sequences of at least ``SCAN_FROM`` steps, else ``"log"``;
 #: ``"log"``: forward recursion, sequential in time, vectorized over sequences (hmmlearn's
 #: default name; ``"scaling"``, hmmlearn's other one, is accepted as the same); ``"scan"``:
 #: parallel in time, for few long sequences; ``"engine"``: ``pyroem.EM`` on the Pyro model.
+#: Viterbi decoding follows the same choice: blocked in time where the E-step would scan.
 IMPLEMENTATIONS = ("auto", "log", "scaling", "scan", "engine")
 #: the sequential recursion costs tens of microseconds per time step whatever the batch, so past
 #: about a thousand steps the parallel-in-time scan is faster (benchmarks/bench_hmm.py)
@@ -130,10 +131,14 @@ class BaseHMM:
     pairwise over time (O(T K³) work in about 32 + log₂ T sequential steps: the fast choice for a
     few long sequences); ``"engine"`` traces the Pyro model function through ``pyroem.EM`` (slow;
     the reference path). ``"scaling"`` is accepted for hmmlearn code and means ``"log"``.
+    Viterbi decoding (``decode``, ``predict``) of continuous emissions is blocked in time (about
+    6 √T sequential steps) wherever the E-step would scan and there are at most 16 states.
     """
 
     #: parameter codes: one letter per fitted parameter, e.g. "s" startprob, "t" transmat.
     _codes = "st"
+    #: whether Viterbi may run blocked in time on long sequences (see ``decode``)
+    _decode_blocked = True
 
     def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0,
                  algorithm: str = "viterbi", random_state=None, n_iter: int = 10, tol: float = 1e-2,
@@ -451,7 +456,10 @@ class BaseHMM:
         p = self._param_tensors()
         with torch.no_grad():
             log_emit = self._log_emission(Xpad, p)
-            log_prob, states = viterbi(torch.log(p["startprob"]), torch.log(p["transmat"]), log_emit, mask)
+            blocked = (self._decode_blocked and self._method(log_emit.shape[1]) == "scan"
+                       and self.n_components <= BLOCKED_MAX_STATES)
+            decoder = viterbi_blocked if blocked else viterbi
+            log_prob, states = decoder(torch.log(p["startprob"]), torch.log(p["transmat"]), log_emit, mask)
         return float(log_prob.sum()), states[mask].cpu().numpy()
 
     def predict(self, X, lengths=None) -> np.ndarray:

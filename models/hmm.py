@@ -112,6 +112,9 @@ class CategoricalHMM(BaseHMM):
     """
 
     _codes = "ste"
+    # discrete emissions make exactly tied paths common; the blocked decoder sums in another
+    # order and could break such ties unlike hmmlearn, so decoding stays sequential
+    _decode_blocked = False
     model = staticmethod(categorical_hmm_model)
 
     def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0, *,
