@@ -8,6 +8,39 @@ import numpy as np
 import torch
 
 
+def _forward_torch(log_start, log_trans, log_emit, mask):
+    """``(max_j δ_T(j), argmax, ψ as numpy (N, T-1, K))`` by the recursion, on the data's device."""
+    k = log_emit.shape[-1]
+    trans_rev = log_trans.flip(0)                   # max over reversed rows: the last maximal i
+    full = mask.all(0).tolist()
+    delta = log_start + log_emit[:, 0]
+    pointers = []
+    for t in range(1, log_emit.shape[1]):
+        best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
+        nxt = best + log_emit[:, t]
+        pointers.append(idx)
+        delta = nxt if full[t] else torch.where(mask[:, t, None], nxt, delta)
+    log_prob, end_state = delta.max(-1)
+    psi = (k - 1 - torch.stack(pointers, dim=1)).cpu().numpy() if pointers else None
+    return log_prob, end_state, psi
+
+
+def _forward_numpy(log_start, log_trans, log_emit, mask):
+    """:func:`_forward_torch` in numpy (the same additions in the same order, so the same bits)."""
+    n_seq, t_max, k = log_emit.shape
+    trans_rev = log_trans[::-1]
+    full = mask.all(0)
+    delta = log_start + log_emit[:, 0]
+    psi = np.empty((n_seq, max(t_max - 1, 0), k), dtype=np.int64)
+    for t in range(1, t_max):
+        scores = delta[:, ::-1, None] + trans_rev              # (N, K_prev reversed, K)
+        idx = scores.argmax(1)                                  # first max: the last maximal i
+        nxt = scores.max(1) + log_emit[:, t]
+        psi[:, t - 1] = k - 1 - idx
+        delta = nxt if full[t] else np.where(mask[:, t, None], nxt, delta)
+    return delta.max(-1), delta.argmax(-1), psi
+
+
 def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
             mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Most probable state paths.
@@ -26,21 +59,25 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         are meaningless.
     """
     n_seq, t_max, k = log_emit.shape
-    trans_rev = log_trans.flip(0)                   # max over reversed rows: the last maximal i
-    full = mask.all(0).tolist()
-    delta = log_start + log_emit[:, 0]
-    last = mask.sum(-1) - 1
-    pointers = []
-    for t in range(1, t_max):
-        best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
-        nxt = best + log_emit[:, t]
-        pointers.append(idx)
-        delta = nxt if full[t] else torch.where(mask[:, t, None], nxt, delta)
-    log_prob, end_state = delta.max(-1)
+    if log_emit.device.type == "cpu":  # numpy's per-call cost is a fraction of torch's
+        log_prob, end_state, psi = _forward_numpy(*(x.detach().numpy() for x in (log_start, log_trans,
+                                                                                  log_emit, mask)))
+        log_prob, end_state = torch.from_numpy(log_prob), torch.from_numpy(end_state)
+    else:
+        log_prob, end_state, psi = _forward_torch(log_start, log_trans, log_emit, mask)
     if t_max == 1:
         return log_prob, end_state.unsqueeze(1)
-    psi = (k - 1 - torch.stack(pointers, dim=1)).cpu().numpy()     # (N, T-1, K)
+    last = mask.sum(-1) - 1
     ends, end_states = last.cpu().numpy(), end_state.cpu().numpy()
+    if n_seq == 1:  # one sequence: follow the pointers as Python integers, far cheaper per step
+        pointers, state = psi[0, :ends[0]].tolist(), int(end_states[0])
+        path = [state]
+        for row in reversed(pointers):
+            state = row[state]
+            path.append(state)
+        states = np.zeros((1, t_max), dtype=np.int64)
+        states[0, :ends[0] + 1] = path[::-1]
+        return log_prob, torch.as_tensor(states, device=log_emit.device)
     states = np.zeros((n_seq, t_max), dtype=np.int64)
     rows = np.arange(n_seq)
     state = end_states.copy()
