@@ -131,21 +131,33 @@ def run_case(kind: str, shape: str, args, dtype: torch.dtype):
     return rows
 
 
-def main(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    rows = []
-    for kind in ("gaussian", "categorical"):
-        for shape in ("long", "short"):
-            rows.extend(run_case(kind, shape, args, dtype))
-            print(f"done: {rows[-1]['case']}", file=sys.stderr, flush=True)
-    head = ["case", "library", "steps", "ms / step", "x hmmlearn", "final log-likelihood", "rel. diff to hmmlearn"]
-    lines = [[r["case"], r["lib"], str(r["steps"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['ll']:.6f}", r["agree"]]
-             for r in rows]
-    print(f"HMM Baum-Welch against hmmlearn (same data, same start): torch threads {torch.get_num_threads()}, "
-          f"pyroem dtype {args.dtype}, median of {args.rounds} interleaved rounds")
-    if args.markdown:
+def run_decode(kind: str, shape: str, args, dtype: torch.dtype):
+    """Viterbi ``decode`` at the starting parameters: hmmlearn against pyroem's default path."""
+    if shape == "long":
+        X, init = make_data(kind, args.n_long)
+        lengths = None
+    else:
+        X, init = make_data(kind, args.n_seq * args.t_short)
+        lengths = [args.t_short] * args.n_seq
+    models = {lib: build(lib, kind, init, 1, dtype, "auto") for lib in ("hmmlearn", "pyroem")}
+    times = {lib: [] for lib in models}
+    paths = {}
+    for _ in range(args.rounds):
+        for lib, model in models.items():
+            start = time.perf_counter()
+            paths[lib] = model.decode(X, lengths)
+            times[lib].append(1e3 * (time.perf_counter() - start))
+    ref_ms = float(np.median(times["hmmlearn"]))
+    sizes = f"1 x T={len(X)}" if shape == "long" else f"{args.n_seq} x T={args.t_short}"
+    same = float(np.mean(paths["pyroem"][1] == paths["hmmlearn"][1]))
+    gap = abs(paths["pyroem"][0] - paths["hmmlearn"][0]) / abs(paths["hmmlearn"][0])
+    return [[f"{kind}, {sizes}", lib, f"{float(np.median(t)):.1f}", f"{float(np.median(t)) / ref_ms:.2f}",
+             "" if lib == "hmmlearn" else f"{same:.4f}", "" if lib == "hmmlearn" else f"{gap:.1e}"]
+            for lib, t in times.items()]
+
+
+def _table(head, lines, markdown: bool) -> None:
+    if markdown:
         print()
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
@@ -156,6 +168,29 @@ def main(args) -> int:
         print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
         for line in lines:
             print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    rows, decode_lines = [], []
+    for kind in ("gaussian", "categorical"):
+        for shape in ("long", "short"):
+            rows.extend(run_case(kind, shape, args, dtype))
+            decode_lines.extend(run_decode(kind, shape, args, dtype))
+            print(f"done: {rows[-1]['case']}", file=sys.stderr, flush=True)
+    head = ["case", "library", "steps", "ms / step", "x hmmlearn", "final log-likelihood", "rel. diff to hmmlearn"]
+    lines = [[r["case"], r["lib"], str(r["steps"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['ll']:.6f}", r["agree"]]
+             for r in rows]
+    print(f"HMM Baum-Welch against hmmlearn (same data, same start): torch threads {torch.get_num_threads()}, "
+          f"pyroem dtype {args.dtype}, median of {args.rounds} interleaved rounds")
+    _table(head, lines, args.markdown)
+    print()
+    print(f"Viterbi decode at the starting parameters (pyroem's default implementation), median of "
+          f"{args.rounds} interleaved rounds")
+    _table(["case", "library", "ms", "x hmmlearn", "states equal to hmmlearn's", "rel. diff of log-prob"],
+           decode_lines, args.markdown)
     return 0
 
 
