@@ -94,13 +94,17 @@ def time_fit(model, X, lengths, steps: int):
     return 1e3 * (time.perf_counter() - start) / steps, model.score(X, lengths)
 
 
-def run_case(kind: str, shape: str, args, dtype: torch.dtype):
+def case_data(kind: str, shape: str, args):
+    """``(X, initial parameters, lengths)``: one long sequence or many short ones."""
     if shape == "long":
         X, init = make_data(kind, args.n_long)
-        lengths = None
-    else:
-        X, init = make_data(kind, args.n_seq * args.t_short)
-        lengths = [args.t_short] * args.n_seq
+        return X, init, None
+    X, init = make_data(kind, args.n_seq * args.t_short)
+    return X, init, [args.t_short] * args.n_seq
+
+
+def run_case(kind: str, shape: str, args, dtype: torch.dtype):
+    X, init, lengths = case_data(kind, shape, args)
     contenders = [("hmmlearn", "", args.steps), ("pyroem", "log", args.steps), ("pyroem", "scan", args.steps)]
     if shape == "long":
         contenders[1] = ("pyroem", "log", args.long_forward_steps)
@@ -133,12 +137,7 @@ def run_case(kind: str, shape: str, args, dtype: torch.dtype):
 
 def run_decode(kind: str, shape: str, args, dtype: torch.dtype):
     """Viterbi ``decode`` at the starting parameters: hmmlearn against pyroem's default path."""
-    if shape == "long":
-        X, init = make_data(kind, args.n_long)
-        lengths = None
-    else:
-        X, init = make_data(kind, args.n_seq * args.t_short)
-        lengths = [args.t_short] * args.n_seq
+    X, init, lengths = case_data(kind, shape, args)
     models = {lib: build(lib, kind, init, 1, dtype, "auto") for lib in ("hmmlearn", "pyroem")}
     times = {lib: [] for lib in models}
     paths = {}
