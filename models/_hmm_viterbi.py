@@ -25,9 +25,42 @@ def _forward_torch(log_start, log_trans, log_emit, mask):
     return log_prob, end_state, psi
 
 
+#: up to this many states, one float64 sequence runs its recursion over Python floats: a few
+#: scalar operations per step cost less than numpy's per-call overhead
+_SCALAR_MAX_STATES = 6
+
+
+def _forward_scalar(log_start, log_trans, emit):
+    """The recursion of one float64 sequence over Python floats (IEEE doubles: the same bits as
+    :func:`_forward_numpy`); ties go to the last maximal predecessor, as there."""
+    k = len(log_start)
+    cols = log_trans.T.tolist()                       # cols[j][i] = log A_ij
+    rows = emit.tolist()
+    delta = [a + b for a, b in zip(log_start.tolist(), rows[0])]
+    states = range(k)
+    psi = []
+    for e in rows[1:]:
+        nxt, ptr = [], []
+        for j in states:
+            col, best, arg = cols[j], -math.inf, 0
+            for i in states:
+                v = delta[i] + col[i]
+                if v >= best:
+                    best, arg = v, i
+            nxt.append(best + e[j])
+            ptr.append(arg)
+        delta = nxt
+        psi.append(ptr)
+    end = max(states, key=delta.__getitem__)          # the first maximal state
+    psi = np.asarray(psi, dtype=np.int64).reshape(1, len(rows) - 1, k)
+    return np.array([delta[end]]), np.array([end]), psi
+
+
 def _forward_numpy(log_start, log_trans, log_emit, mask):
     """:func:`_forward_torch` in numpy (the same additions in the same order, so the same bits)."""
     n_seq, t_max, k = log_emit.shape
+    if n_seq == 1 and k <= _SCALAR_MAX_STATES and log_emit.dtype == np.float64 and mask.all():
+        return _forward_scalar(log_start, log_trans, log_emit[0])
     trans_rev = log_trans[::-1]
     full = mask.all(0)
     delta = log_start + log_emit[:, 0]

@@ -331,3 +331,21 @@ def test_blocked_viterbi_block_lengths_match_brute_force(chunk):
                 best, best_path = score, path
         assert float(lp[n]) == pytest.approx(best, rel=1e-12)
         assert tuple(states[n, :t].tolist()) == best_path
+
+
+@pytest.mark.parametrize("k", [2, 3, 6, 7])  # 7 states: past the scalar recursion, numpy's
+def test_single_sequence_viterbi_breaks_ties_like_hmmlearn(k):
+    """One 2000-step sequence under symmetric transitions and repeated emission rows: exact ties
+    everywhere, and the chosen path is still hmmlearn's."""
+    rs = np.random.RandomState(k)
+    rows = rs.dirichlet(np.ones(F), size=2)
+    params = dict(startprob_=np.full(k, 1 / k), transmat_=np.full((k, k), 1 / k),
+                  emissionprob_=rows[np.arange(k) % 2])
+    X = rs.randint(0, F, size=(2000, 1))
+    kw = dict(n_components=k, n_features=F, init_params="")
+    ours = _set(CategoricalHMM(**kw), **params)
+    ref = _set(hmmlearn_hmm.CategoricalHMM(**kw), **params)
+    lp_ours, path_ours = ours.decode(X)
+    lp_ref, path_ref = ref.decode(X)
+    np.testing.assert_array_equal(path_ours, path_ref)
+    assert lp_ours == pytest.approx(lp_ref, rel=1e-12)
