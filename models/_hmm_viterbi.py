@@ -27,12 +27,13 @@ def _forward_torch(log_start, log_trans, log_emit, mask):
 
 #: up to this many states, one float64 sequence runs its recursion over Python floats: a few
 #: scalar operations per step cost less than numpy's per-call overhead
-_SCALAR_MAX_STATES = 6
+_SCALAR_MAX_STATES = 10
 
 
-def _forward_scalar(log_start, log_trans, emit):
-    """The recursion of one float64 sequence over Python floats (IEEE doubles: the same bits as
-    :func:`_forward_numpy`); ties go to the last maximal predecessor, as there."""
+def _viterbi_scalar(log_start, log_trans, emit):
+    """``(log prob, path)`` of one float64 sequence by the recursion over Python floats (IEEE
+    doubles: the same bits as :func:`_forward_numpy`); ties go to the last maximal predecessor
+    and the first maximal end state, as there."""
     k = len(log_start)
     cols = log_trans.T.tolist()                       # cols[j][i] = log A_ij
     rows = emit.tolist()
@@ -52,15 +53,15 @@ def _forward_scalar(log_start, log_trans, emit):
         delta = nxt
         psi.append(ptr)
     end = max(states, key=delta.__getitem__)          # the first maximal state
-    psi = np.asarray(psi, dtype=np.int64).reshape(1, len(rows) - 1, k)
-    return np.array([delta[end]]), np.array([end]), psi
+    path = [end]
+    for ptr in reversed(psi):
+        path.append(ptr[path[-1]])
+    return delta[end], path[::-1]
 
 
 def _forward_numpy(log_start, log_trans, log_emit, mask):
     """:func:`_forward_torch` in numpy (the same additions in the same order, so the same bits)."""
     n_seq, t_max, k = log_emit.shape
-    if n_seq == 1 and k <= _SCALAR_MAX_STATES and log_emit.dtype == np.float64 and mask.all():
-        return _forward_scalar(log_start, log_trans, log_emit[0])
     trans_rev = log_trans[::-1]
     full = mask.all(0)
     delta = log_start + log_emit[:, 0]
@@ -92,6 +93,11 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         are meaningless.
     """
     n_seq, t_max, k = log_emit.shape
+    if (log_emit.device.type == "cpu" and n_seq == 1 and k <= _SCALAR_MAX_STATES
+            and log_emit.dtype == torch.float64 and bool(mask.all())):
+        log_prob, path = _viterbi_scalar(*(x.detach().numpy() for x in (log_start, log_trans, log_emit[0])))
+        return (torch.tensor([log_prob], dtype=log_emit.dtype),
+                torch.tensor([path], dtype=torch.long, device=log_emit.device))
     if log_emit.device.type == "cpu":  # numpy's per-call cost is a fraction of torch's
         log_prob, end_state, psi = _forward_numpy(*(x.detach().numpy() for x in (log_start, log_trans,
                                                                                   log_emit, mask)))
