@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping
 import pyro
 import torch
 
-from .handlers import param_constraint
+from .handlers import param_constraint, unconstrained
 
 FORMAT = "pyroem-checkpoint"
 VERSION = 1
@@ -88,7 +88,7 @@ class Checkpoint:
                 parts.append(f"it holds parameter(s) {', '.join(map(repr, extra))} the model does not have")
             raise ValueError(f"checkpoint {path!r} does not match the model: {'; '.join(parts)}")
         for name in names:
-            saved, current = self.unconstrained[name], store.get_param(name).unconstrained()
+            saved, current = self.unconstrained[name], unconstrained(name)
             if saved.shape != current.shape:
                 raise ValueError(
                     f"checkpoint {path!r} does not match the model: parameter '{name}' has shape "
@@ -107,7 +107,7 @@ class Checkpoint:
                 )
         with torch.no_grad():
             for name in names:
-                store.get_param(name).unconstrained().copy_(self.unconstrained[name])
+                unconstrained(name).copy_(self.unconstrained[name])
 
 
 def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:

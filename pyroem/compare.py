@@ -28,7 +28,7 @@ from torch.distributions import transform_to
 
 from .em import EM
 from .estep import contract_trace
-from .handlers import param_constraint
+from .handlers import param_constraint, unconstrained
 from .model_trace import ModelTracer
 from .validation import check_model
 
@@ -195,7 +195,7 @@ def _check_steps(name: str, value: object) -> int:
 def _snapshot() -> Snapshot:
     """Every param in the store: a copy of its unconstrained value, and its constraint."""
     store = pyro.get_param_store()
-    return {name: (store.get_param(name).unconstrained().detach().clone(), param_constraint(name, store))
+    return {name: (unconstrained(name).detach().clone(), param_constraint(name, store))
             for name in list(store.keys())}
 
 
@@ -207,7 +207,7 @@ def _restore(snapshot: Snapshot) -> None:
     with torch.no_grad():
         for name, (value, constraint) in snapshot.items():
             if name in store:
-                current = store.get_param(name).unconstrained()
+                current = unconstrained(name)
                 if current.shape == value.shape and current.dtype == value.dtype:
                     current.copy_(value)
                     continue
@@ -284,7 +284,7 @@ class _PointMassGuide:
                 if GUIDE_PREFIX + name in store:
                     value = store.get_param(GUIDE_PREFIX + name)
                     to_store = transform_to(param_constraint(name, store)).inv
-                    store.get_param(name).unconstrained().copy_(to_store(value))
+                    unconstrained(name).copy_(to_store(value))
 
 
 class _ExactLogLikelihood:

@@ -7,7 +7,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -15,7 +14,8 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .diagnostics import check_monotone, explain_nonfinite
 from .estep import contract_trace
 from .expectations import Expectations
-from .mstep import AutogradMStep, expected_log_joint, unconstrained, write_params
+from .handlers import unconstrained
+from .mstep import AutogradMStep, expected_log_joint, write_params
 from .model_trace import ModelTracer
 from .results import EMResult
 from .validation import (

@@ -151,6 +151,16 @@ class ReplaySubsample(Messenger):
             msg["done"] = True
 
 
+def unconstrained(name: str) -> torch.Tensor:
+    """The param store's unconstrained tensor for ``name`` (the one optimizers update), read
+    without computing the constrained value."""
+    store = pyro.get_param_store()
+    raw = getattr(store, "_params", None)
+    if isinstance(raw, dict) and name in raw:
+        return raw[name]
+    return store.get_param(name).unconstrained()
+
+
 def param_constraint(name: str, store: Optional[ParamStoreDict] = None) -> constraints.Constraint:
     """The constraint a param was declared with."""
     store = pyro.get_param_store() if store is None else store

@@ -13,17 +13,7 @@ import torch
 from torch.distributions import transform_to
 
 from .expectations import Expectations
-from .handlers import is_enumerated_site, is_subsample_site, param_constraint
-
-
-def unconstrained(name: str) -> torch.Tensor:
-    """The param store's unconstrained tensor for ``name`` (the one optimizers update), read
-    without computing the constrained value."""
-    store = pyro.get_param_store()
-    raw = getattr(store, "_params", None)
-    if isinstance(raw, dict) and name in raw:
-        return raw[name]
-    return store.get_param(name).unconstrained()
+from .handlers import is_enumerated_site, is_subsample_site, param_constraint, unconstrained
 
 
 def _q_or_none(q_fn: Callable[[], torch.Tensor]) -> Optional[torch.Tensor]:
