@@ -8,20 +8,35 @@ import numpy as np
 import torch
 
 
+def _best_predecessor(delta: torch.Tensor, trans_rev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``max_i δ(i) + log A_ij`` and its ``i`` for every ``j`` (batched over leading dims of
+    ``delta``), ties to the last maximal ``i``: the max runs over the reversed rows
+    ``trans_rev = log A.flip(0)``, where the first maximum is the last one of the original order."""
+    best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
+    return best, trans_rev.shape[0] - 1 - idx
+
+
+def _backtrack(pointers, end: int) -> list:
+    """The path ending in state ``end`` whose steps ``pointers[t][x_{t+1}] = x_t`` give."""
+    path = [end]
+    for row in reversed(pointers):
+        path.append(row[path[-1]])
+    return path[::-1]
+
+
 def _forward_torch(log_start, log_trans, log_emit, mask):
     """``(max_j δ_T(j), argmax, ψ as numpy (N, T-1, K))`` by the recursion, on the data's device."""
-    k = log_emit.shape[-1]
-    trans_rev = log_trans.flip(0)                   # max over reversed rows: the last maximal i
+    trans_rev = log_trans.flip(0)
     full = mask.all(0).tolist()
     delta = log_start + log_emit[:, 0]
     pointers = []
     for t in range(1, log_emit.shape[1]):
-        best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
+        best, ptr = _best_predecessor(delta, trans_rev)
         nxt = best + log_emit[:, t]
-        pointers.append(idx)
+        pointers.append(ptr)
         delta = nxt if full[t] else torch.where(mask[:, t, None], nxt, delta)
     log_prob, end_state = delta.max(-1)
-    psi = (k - 1 - torch.stack(pointers, dim=1)).cpu().numpy() if pointers else None
+    psi = torch.stack(pointers, dim=1).cpu().numpy() if pointers else None
     return log_prob, end_state, psi
 
 
@@ -53,10 +68,7 @@ def _viterbi_scalar(log_start, log_trans, emit):
         delta = nxt
         psi.append(ptr)
     end = max(states, key=delta.__getitem__)          # the first maximal state
-    path = [end]
-    for ptr in reversed(psi):
-        path.append(ptr[path[-1]])
-    return delta[end], path[::-1]
+    return delta[end], _backtrack(psi, end)
 
 
 def _forward_numpy(log_start, log_trans, log_emit, mask):
@@ -109,13 +121,8 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
     last = mask.sum(-1) - 1
     ends, end_states = last.cpu().numpy(), end_state.cpu().numpy()
     if n_seq == 1:  # one sequence: follow the pointers as Python integers, far cheaper per step
-        pointers, state = psi[0, :ends[0]].tolist(), int(end_states[0])
-        path = [state]
-        for row in reversed(pointers):
-            state = row[state]
-            path.append(state)
         states = np.zeros((1, t_max), dtype=np.int64)
-        states[0, :ends[0] + 1] = path[::-1]
+        states[0, :ends[0] + 1] = _backtrack(psi[0, :ends[0]].tolist(), int(end_states[0]))
         return log_prob, torch.as_tensor(states, device=log_emit.device)
     states = np.zeros((n_seq, t_max), dtype=np.int64)
     rows = np.arange(n_seq)
@@ -180,13 +187,13 @@ def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: 
         starts.append((starts[-1].unsqueeze(-1) + prod[:, b]).amax(-2))
     delta = torch.stack(starts, dim=1)                                # (N, B, K)
     # (3) the recursion inside all blocks, with back-pointers (identity on padded steps)
-    trans_rev = log_trans.flip(0)                   # max over reversed rows: the last maximal i
+    trans_rev = log_trans.flip(0)
     same = torch.arange(k, device=log_emit.device).expand(n_seq, n_blocks, k)
     psi = torch.empty((n_seq, n_blocks, c, k), dtype=torch.long, device=log_emit.device)
     for s in range(c):
-        best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
+        best, ptr = _best_predecessor(delta, trans_rev)
         real = step_mask[:, :, s, None]
-        psi[:, :, s] = torch.where(real, k - 1 - idx, same)
+        psi[:, :, s] = torch.where(real, ptr, same)
         delta = torch.where(real, best + emit[:, :, s], delta)
     log_prob, end_state = delta[:, -1].max(-1)
     # (4) each block's map from its last state to the state before its first step
