@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from _tables import print_table
 from pyroem.models import GaussianMixture
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -252,18 +253,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         pg = med.get(("pomegranate", dt))
         rows.append([lib, dt, f"{m:.1f}", f"{sk / m:.1f}x" if sk else "-", f"{pg / m:.1f}x" if pg else "-",
                      f"{ll[(lib, dt)]:.6f}", f"{abs(ll[(lib, dt)] - ref):.1e}"])
-    if args.markdown:
-        head[-1] = head[-1].replace("|", "\\|")
-        print()
-        print("| " + " | ".join(head) + " |")
-        print("|" + "|".join("---" for _ in head) + "|")
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print_table(head, rows, args.markdown)
     if args.phases:
         for dt in args.dtype:
             print(f"\npyroem {dt} phases (ms/step):")

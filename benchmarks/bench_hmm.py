@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hmmlearn import hmm as hmmlearn_hmm  # noqa: E402
 
+from _tables import print_table  # noqa: E402
 from pyroem.models import CategoricalHMM, GaussianHMM  # noqa: E402
 
 K, D, F = 8, 2, 6
@@ -155,20 +156,6 @@ def run_decode(kind: str, shape: str, args, dtype: torch.dtype):
             for lib, t in times.items()]
 
 
-def _table(head, lines, markdown: bool) -> None:
-    if markdown:
-        print()
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for line in lines:
-            print("| " + " | ".join(line) + " |")
-    else:
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-        for line in lines:
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
-
-
 def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,11 +171,11 @@ def main(args) -> int:
              for r in rows]
     print(f"HMM Baum-Welch against hmmlearn (same data, same start): torch threads {torch.get_num_threads()}, "
           f"pyroem dtype {args.dtype}, median of {args.rounds} interleaved rounds")
-    _table(head, lines, args.markdown)
+    print_table(head, lines, args.markdown)
     print()
     print(f"Viterbi decode at the starting parameters (pyroem's default implementation), median of "
           f"{args.rounds} interleaved rounds")
-    _table(["case", "library", "ms", "x hmmlearn", "states equal to hmmlearn's", "rel. diff of log-prob"],
+    print_table(["case", "library", "ms", "x hmmlearn", "states equal to hmmlearn's", "rel. diff of log-prob"],
            decode_lines, args.markdown)
     return 0
 
