@@ -99,13 +99,6 @@ def set_store(init: Params) -> None:
     pyro.param("scale_tril", init["scale_tril"].clone(), constraint=constraints.lower_cholesky)
 
 
-def run_pyroem(em: pyroem.EM, init: Params, x: torch.Tensor, steps: int) -> Tuple[float, List[float]]:
-    set_store(init)
-    t0 = time.perf_counter()
-    lls = [em.step(x) for _ in range(steps)]
-    return time.perf_counter() - t0, lls
-
-
 def run_interleaved(em: pyroem.EM, init: Params, x: torch.Tensor, steps: int
                     ) -> Tuple[List[float], List[float], List[float], List[float]]:
     """Both trajectories from ``init``, one pyroem step then one hand step, so that a passing
@@ -124,17 +117,6 @@ def run_interleaved(em: pyroem.EM, init: Params, x: torch.Tensor, steps: int
         t_em.append(t1 - t0)
         t_hand.append(t2 - t1)
     return t_em, t_hand, ll_em, ll_hand
-
-
-def run_hand(init: Params, x: torch.Tensor, steps: int) -> Tuple[float, List[float]]:
-    params = {k: v.clone() for k, v in init.items()}
-    lls = []
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(steps):
-            ll, params = hand_step(params, x)
-            lls.append(ll)
-    return time.perf_counter() - t0, lls
 
 
 def profile_pyroem(init: Params, x: torch.Tensor, steps: int, top: int) -> None:
@@ -177,8 +159,7 @@ def main() -> None:
     # every repetition restarts the same EM object from θ₀, which it would report as a decrease
     warnings.filterwarnings("ignore", category=pyroem.MonotonicityWarning)
     em = pyroem.EM(model, updates)  # its one-off probe of the model happens in the warm-up
-    run_pyroem(em, init, x, args.warmup)
-    run_hand(init, x, args.warmup)
+    run_interleaved(em, init, x, args.warmup)
     t_em, t_hand = [], []  # per step, over every repetition
     ll_em = ll_hand = None
     for _ in range(args.repeats):
