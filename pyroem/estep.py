@@ -343,8 +343,9 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
         for comp in comps:
             _build_blocks(comp, dim_size, site_ordinals, differentiable)
             if not differentiable:
+                tree = not _single_leaf(comp)  # only the single-leaf logsumexp takes addends
                 for b in comp.blocks:
-                    if not _single_leaf(comp):  # only the single-leaf logsumexp takes addends
+                    if tree:
                         b.materialize()
                     b.tensor = with_dims(b.tensor.detach().requires_grad_(), b.dims)
             else:
