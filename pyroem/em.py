@@ -15,10 +15,13 @@ from .diagnostics import check_monotone, explain_nonfinite
 from .estep import contract_trace
 from .expectations import Expectations
 from .handlers import unconstrained
-from .mstep import AutogradMStep, expected_log_joint, write_params
+from .mstep import AutogradMStep, write_params
 from .model_trace import ModelTracer
+from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
+from .squarem import squarem_step
 from .validation import (
+    check_accelerate,
     check_callback,
     check_checkpoint,
     check_max_iter,
@@ -103,7 +106,9 @@ class EM:
             write_params(new, names)
         rest = [n for n in names if n not in new]
         if rest:
-            self.autograd_mstep(rest, lambda: self.q(expect, *args, **kwargs), names)
+            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs))
+        else:
+            self.autograd_mstep.stationary = True
 
     # -- user-facing loop ------------------------------------------------------------
     @property
@@ -137,8 +142,12 @@ class EM:
     def fit(self, *args, max_iter: int = 100, tol: float = 1e-8, progress: bool = False,
             callback: Optional[Callback] = None,
             checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None, checkpoint_every: int = 10,
-            resume: bool = False, **kwargs) -> EMResult:
+            resume: bool = False, accelerate: Optional[str] = None, **kwargs) -> EMResult:
         """Iterate until ``|Δ log p(y|θ)| ≤ tol · max(1, |log p(y|θ)|)`` or ``max_iter`` M-steps.
+
+        :param accelerate: ``"squarem"`` extrapolates from every two EM steps (SQUAREM, see
+            :mod:`pyroem.squarem`), with a safeguard that keeps log p(y|θ) non-decreasing; each
+            iteration then takes two or three EM steps and ``n_iter`` counts iterations.
 
         ``callback(n_iter, log_likelihood, params)`` sees each evaluated θ; returning True stops.
         A ``KeyboardInterrupt``, or an exception in ``callback``, returns the last evaluated
@@ -164,6 +173,7 @@ class EM:
         tol = check_tol(tol)
         callback = check_callback(callback)
         path = check_checkpoint(checkpoint, checkpoint_every, resume)
+        accelerate = check_accelerate(accelerate)
         self._last_step = None
         self.tracer.ensure_probed(args, kwargs)
         history: List[float] = []
@@ -173,6 +183,7 @@ class EM:
         first, converged, reason = n_iter, False, "max_iter"
         good: Optional[_Good] = None
         phase = "e"
+        pending: Optional[Expectations] = None  # SQUAREM's E-step at the point it accepted
         bar = tqdm(total=max_iter, initial=min(n_iter, max_iter), desc="EM", disable=not progress, leave=False)
         try:
             while True:
@@ -182,13 +193,16 @@ class EM:
                     self._save(path, history, n_iter, rng)
                 phase = "e"
                 where = "at the starting parameters" if n_iter == 0 else f"after step {n_iter}"
-                expect = self._e_step(args, kwargs, where)
+                expect = self._e_step(args, kwargs, where) if pending is None else pending
+                pending = None
                 ll = float(expect.log_likelihood)
                 if history:
                     check_monotone(history[-1], ll, n_iter, expect.log_likelihood.dtype)
                     change = ll - history[-1]
                     bar.set_postfix(log_lik=f"{ll:.6g}", change=f"{change:.2e}")
-                    converged = abs(change) <= tol * max(1.0, abs(ll))
+                    # within tol after an M-step that reached a maximum of Q: a stalled inner
+                    # solver also leaves the log-likelihood unchanged
+                    converged = abs(change) <= tol * max(1.0, abs(ll)) and self.autograd_mstep.stationary
                 history.append(ll)
                 good = _Good(n_iter, self._snapshot(), rng)
                 if callback is not None:
@@ -207,7 +221,13 @@ class EM:
                 if n_iter >= max_iter:
                     break
                 phase = "m"
-                self.m_step(expect, *args, **kwargs)
+                if accelerate == "squarem":
+                    where = f"in iteration {n_iter + 1}"
+                    pending, _ = squarem_step(
+                        expect, lambda e: self.m_step(e, *args, **kwargs),
+                        lambda: self._e_step(args, kwargs, where), self._snapshot, self._restore)
+                else:
+                    self.m_step(expect, *args, **kwargs)
                 n_iter += 1
                 bar.update(1)
         except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import torch
 from pyro.distributions import Categorical, constraints
 from torch.distributions.utils import probs_to_logits
-from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.distributions.torch_distribution import MaskedDistribution, TorchDistributionMixin
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_mean
 from pyro.params.param_store import ParamStoreDict
 import pyro
@@ -30,6 +30,17 @@ def is_subsample_site(site: dict) -> bool:
 
 def is_map_site(site: dict) -> bool:
     return bool(site["infer"].get(MAP_FLAG, False))
+
+
+def is_data_site(site: dict) -> bool:
+    """An observation: observed, and neither a MAP estimate, a ``pyro.deterministic`` record nor
+    a reparameterizer's Delta (a masked-out factor)."""
+    if not site["is_observed"] or is_map_site(site) or is_subsample_site(site):
+        return False
+    if site["infer"].get("_deterministic"):
+        return False
+    fn = site["fn"]
+    return not (isinstance(fn, MaskedDistribution) and fn._mask is False)
 
 
 def is_enumerated_site(site: dict) -> bool:
@@ -78,11 +89,15 @@ class LatentPolicy(Messenger):
 
     :param enumerate: mark discrete latents for parallel enumeration (off for the
         probe run that only learns the model's plate structure).
+
+    :param values: constrained values that stand in for the param store's MAP estimates
+        (the M-step's trial points); see :class:`SubstituteParams`.
     """
 
-    def __init__(self, enumerate: bool = True) -> None:
+    def __init__(self, enumerate: bool = True, values: Optional[Dict[str, torch.Tensor]] = None) -> None:
         super().__init__()
         self.enumerate = enumerate
+        self.values = values or {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["done"] or is_subsample_site(msg):
@@ -127,7 +142,7 @@ class LatentPolicy(Messenger):
         if name not in store:
             value = _initial_value(msg)
             store.setdefault(name, value, constraint=support)
-        value = store.get_param(name)
+        value = self.values[name] if name in self.values else store.get_param(name)
         if value.shape != fn.shape():
             raise ValueError(
                 f"the param '{name}' that holds the MAP estimate of site '{name}' has shape "
@@ -148,6 +163,21 @@ class ReplaySubsample(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         if is_subsample_site(msg) and msg["name"] in self.indices:
             msg["value"] = self.indices[msg["name"]]
+            msg["done"] = True
+
+
+class SubstituteParams(Messenger):
+    """Every ``pyro.param(name)`` returns ``values[name]`` (a constrained value) where given: the
+    M-step evaluates Q at trial parameters without touching the param store."""
+
+    def __init__(self, values: Dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.values = values
+
+    def _pyro_param(self, msg: dict) -> None:
+        value = self.values.get(msg["name"])
+        if value is not None:
+            msg["value"] = value
             msg["done"] = True
 
 

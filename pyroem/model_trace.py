@@ -12,6 +12,8 @@ from pyro.distributions.util import scale_and_mask
 from .handlers import (
     LatentPolicy,
     ReplaySubsample,
+    SubstituteParams,
+    is_data_site,
     is_map_site,
     is_subsample_site,
 )
@@ -100,34 +102,63 @@ class ModelTracer:
 
     @staticmethod
     def _check_map_sites(trace: Trace) -> None:
-        data_plates = set()
+        """Refuse a continuous latent that is local: one that shares a plate with a discrete
+        latent (it would have to be integrated out jointly with it), or that is replicated as
+        finely as some observation (one value per data point). A continuous latent in a plate of
+        its own (components, items) is global and becomes a MAP estimate."""
+        discrete, data = [], []
         for site in trace.nodes.values():
-            if site["type"] == "sample" and site["is_observed"] and not is_map_site(site):
-                data_plates.update(f.name for f in site["cond_indep_stack"])
+            if site["type"] != "sample" or is_subsample_site(site):
+                continue
+            plates = frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
+            if is_data_site(site):
+                data.append(plates)
+            elif not site["is_observed"] and not is_map_site(site):
+                discrete.append((site["name"], plates))
         for name, site in trace.nodes.items():
-            if site["type"] == "sample" and is_map_site(site):
-                inside = [f.name for f in site["cond_indep_stack"] if f.name in data_plates]
-                if inside:
-                    raise ValueError(
-                        f"site '{name}' is a continuous latent inside plate '{inside[0]}', which "
-                        "holds observed data; the exact E-step cannot integrate it out. Observe "
-                        "it, move it out of the data plate (it is then a MAP estimate), or fit "
-                        "the model with SVI or MCMC"
-                    )
+            if site["type"] != "sample" or not is_map_site(site):
+                continue
+            plates = frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
+            if not plates:
+                continue
+            why = None
+            for other, p in discrete:
+                if p & plates:
+                    plate = sorted(p & plates)[0]
+                    why = (f"inside plate '{plate}', which also holds the discrete latent '{other}': "
+                           "the exact E-step cannot integrate a continuous latent jointly with it")
+                    break
+            if why is None:
+                for p in data:
+                    if p and p <= plates:
+                        plate = sorted(p)[0]
+                        why = (f"inside plate '{plate}', which holds observed data: one value per "
+                               "observation is a local latent the exact E-step cannot integrate out")
+                        break
+            if why is not None:
+                raise ValueError(
+                    f"site '{name}' is a continuous latent {why}. Observe it, move it out of the "
+                    "plate (it is then a MAP estimate), or fit the model with SVI or MCMC"
+                )
 
     # -- tracing ---------------------------------------------------------------------
-    def enumerated_model(self, subsample: Optional[Dict[str, torch.Tensor]] = None) -> Callable:
-        model = LatentPolicy(enumerate=True)(self.model)
+    def enumerated_model(self, subsample: Optional[Dict[str, torch.Tensor]] = None,
+                         values: Optional[Dict[str, torch.Tensor]] = None) -> Callable:
+        model = LatentPolicy(enumerate=True, values=values)(self.model)
+        if values:
+            model = SubstituteParams(values)(model)
         if subsample:
             model = ReplaySubsample(subsample)(model)
         return poutine.enum(model, first_available_dim=-1 - self.max_plate_nesting)
 
     def trace(
-        self, args: tuple, kwargs: dict, subsample: Optional[Dict[str, torch.Tensor]] = None
+        self, args: tuple, kwargs: dict, subsample: Optional[Dict[str, torch.Tensor]] = None,
+        values: Optional[Dict[str, torch.Tensor]] = None,
     ) -> Trace:
-        """An enumerated trace with ``log_prob`` computed at every sample site."""
+        """An enumerated trace with ``log_prob`` computed at every sample site; ``values``
+        (constrained, by name) replace the param store's params and MAP estimates."""
         self.ensure_probed(args, kwargs)
-        trace = poutine.trace(self.enumerated_model(subsample)).get_trace(*args, **kwargs)
+        trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
         compute_log_prob(trace)
         return trace
 

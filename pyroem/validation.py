@@ -56,6 +56,15 @@ def check_callback(value: object) -> Optional[Callable]:
     return value
 
 
+ACCELERATIONS = ("squarem",)
+
+
+def check_accelerate(value: object) -> Optional[str]:
+    if value is not None and value not in ACCELERATIONS:
+        raise ValueError(f"accelerate must be None or one of {ACCELERATIONS}, got {value!r}")
+    return value
+
+
 def check_checkpoint(path: object, every: object, resume: object) -> Optional[str]:
     """The checkpoint path as a string (None when not checkpointing), after checking all three arguments."""
     if not _is_int(every) or every < 1:

@@ -1,0 +1,190 @@
+"""Maximizing a smooth function of a few tensors: Newton's method with an exact Hessian, a
+curvature-corrected direction where the Hessian is not negative definite, and a backtracking line
+search, so that every accepted step raises the function; L-BFGS for blocks too large for a Hessian.
+
+``f(xs)`` returns the value at ``xs`` with its autograd graph, or None where the point is
+infeasible (a distribution rejected it); infeasible or non-finite trial points shorten the step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+
+Objective = Callable[[List[torch.Tensor]], Optional[torch.Tensor]]
+
+# Largest block (in scalar coordinates) whose Hessian is formed; larger blocks use L-BFGS.
+NEWTON_MAX_SIZE = 256
+
+
+@dataclass
+class Outcome:
+    """Where a maximization ended: the point, its value, and whether it reached a stationary point."""
+
+    xs: List[torch.Tensor]
+    value: float
+    stationary: bool
+
+
+def _flat(ts: List[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _unflat(v: torch.Tensor, like: List[torch.Tensor]) -> List[torch.Tensor]:
+    return [c.reshape(x.shape) for c, x in zip(v.split([x.numel() for x in like]), like)]
+
+
+def _leaves(xs: List[torch.Tensor]) -> List[torch.Tensor]:
+    return [x.detach().clone().requires_grad_() for x in xs]
+
+
+def _gradient(q: torch.Tensor, xs: List[torch.Tensor], create_graph: bool) -> torch.Tensor:
+    gs = torch.autograd.grad(q, xs, create_graph=create_graph, allow_unused=True)
+    return _flat([torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs)])
+
+
+def _hessian(g: torch.Tensor, xs: List[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Rows of ∂g/∂x in one batched backward pass (row by row where an op has no batching rule)."""
+    n = g.numel()
+    if not g.requires_grad:
+        return g.new_zeros(n, n)
+    eye = torch.eye(n, dtype=g.dtype, device=g.device)
+    try:
+        rows = torch.autograd.grad(g, xs, grad_outputs=eye, retain_graph=True, allow_unused=True,
+                                   is_grads_batched=True)
+        return torch.cat([(torch.zeros(n, x.numel(), dtype=g.dtype, device=g.device) if r is None
+                           else r.reshape(n, -1)) for x, r in zip(xs, rows)], dim=1)
+    except RuntimeError:
+        out = []
+        for i in range(n):
+            row = torch.autograd.grad(g[i], xs, retain_graph=True, allow_unused=True)
+            out.append(_flat([torch.zeros_like(x) if r is None else r for x, r in zip(xs, row)]))
+        return torch.stack(out)
+
+
+def _direction(g: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
+    """The Newton direction ``(-H)⁻¹ g`` with the eigenvalues of ``-H`` replaced by their absolute
+    values (bounded away from 0), so it always ascends; flat directions are left alone. Falls
+    back to the gradient where the Hessian is unusable."""
+    if h is None or not bool(torch.isfinite(h).all()):
+        return g
+    neg = -0.5 * (h + h.T)
+    try:
+        evals, evecs = torch.linalg.eigh(neg)
+    except RuntimeError:  # torch.linalg.LinAlgError: ill-conditioned or NaN entries
+        return g
+    top = float(evals.abs().max()) if evals.numel() else 0.0
+    if top == 0.0 or not torch.isfinite(evals).all():
+        return g
+    mag = evals.abs()
+    keep = mag > 1e-10 * top
+    coef = (evecs.T @ g)[keep] / mag[keep].clamp_min(1e-6 * top)
+    return evecs[:, keep] @ coef
+
+
+def _evaluate(f: Objective, xs: List[torch.Tensor]):
+    """``(value, gradient)`` at ``xs`` with the gradient's graph kept, or None where ``f`` rejects
+    the point or either is not finite (a parameter driven onto its support's boundary)."""
+    with torch.enable_grad():
+        q = f(xs)
+        if q is None or not bool(torch.isfinite(q.detach())):
+            return None
+        g = _gradient(q, xs, create_graph=True)
+    if not bool(torch.isfinite(g.detach()).all()):
+        return None
+    return q, g
+
+
+def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
+                    max_evals: int = 200) -> Optional[Outcome]:
+    """Maximize ``f`` from ``xs``; None when ``f`` or its gradient cannot be evaluated at ``xs``."""
+    xs = _leaves(xs)
+    first = _evaluate(f, xs)
+    if first is None:
+        return None
+    q, g = first
+    eps = torch.finfo(q.dtype).eps
+    stationary, evals = False, 1
+    for _ in range(max_iter):
+        with torch.enable_grad():
+            h = _hessian(g, xs)
+        g = g.detach()
+        d = _direction(g, h)
+        decrement = float(g @ d)
+        value = float(q.detach())
+        rounding = 1e3 * eps * max(1.0, abs(value))
+        if not decrement > 0:  # a zero gradient
+            stationary = decrement == 0
+            break
+        last = decrement <= rounding  # within rounding of the maximum: one last full Newton step
+        x0 = _flat([x.detach() for x in xs])
+        t, accepted = 1.0, None
+        for _ in range(1 if last else 40):
+            if evals >= max_evals:
+                break
+            trial = _leaves(_unflat(x0 + t * d, xs))
+            out = _evaluate(f, trial)
+            evals += 1
+            if out is not None:
+                vt = float(out[0].detach())
+                if vt >= value + 1e-4 * t * decrement or (last and vt >= value - rounding):
+                    accepted = (trial,) + out
+                    break
+            t *= 0.5
+        if accepted is not None:
+            xs, q, g = accepted
+        if last or accepted is None:
+            stationary = last
+            break
+    return Outcome([x.detach() for x in xs], float(q.detach()), stationary)
+
+
+def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200) -> Optional[Outcome]:
+    """Maximize ``f`` by L-BFGS (strong Wolfe line search) from ``xs``; infeasible trial points
+    count as -inf, so the line search backs off from them."""
+    xs = _leaves(xs)
+    with torch.no_grad():
+        q0 = f(xs)
+    if q0 is None:
+        return None
+    start = float(q0)
+    norm = max(1.0, abs(start))
+    tight = q0.dtype == torch.float64
+    opt = torch.optim.LBFGS(xs, lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.5),
+                            tolerance_grad=1e-12 if tight else 1e-6,
+                            tolerance_change=1e-14 if tight else 1e-7,
+                            history_size=20, line_search_fn="strong_wolfe")
+    bad = torch.tensor(float("inf"), dtype=q0.dtype, device=q0.device)
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            q = f(xs)
+            if q is None:
+                return bad
+            loss = -(q - start) / norm
+            loss.backward()
+        for x in xs:
+            if x.grad is None:
+                x.grad = torch.zeros_like(x)
+            elif not bool(torch.isfinite(x.grad).all()):
+                return bad
+        return loss.detach()
+
+    opt.step(closure)
+    out = [x.detach().clone() for x in xs]
+    with torch.no_grad():
+        q1 = f(out)
+    if q1 is None or float(q1) < start:
+        return None
+    state = opt.state[opt._params[0]]
+    stationary = state.get("n_iter", 0) < max_iter
+    return Outcome(out, float(q1), stationary)
+
+
+def maximize(f: Objective, xs: List[torch.Tensor]) -> Optional[Outcome]:
+    """Newton for small blocks, L-BFGS for large ones."""
+    if sum(x.numel() for x in xs) <= NEWTON_MAX_SIZE:
+        return newton_maximize(f, xs)
+    return lbfgs_maximize(f, xs)
