@@ -11,11 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .diagnostics import check_monotone, explain_nonfinite
+from .diagnostics import check_monotone, explain_nonfinite, rounding_slack
 from .estep import contract_trace
 from .expectations import Expectations
 from .handlers import unconstrained
-from .mstep import AutogradMStep, write_params
+from .mstep import AutogradMStep, StartPoint, write_params
 from .model_trace import ModelTracer
 from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
@@ -66,6 +66,9 @@ class EM:
         self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting))
         self.autograd_mstep = AutogradMStep()
         self._last_step: Optional[tuple] = None
+        # params the autograd M-step fitted last time: the E-step traces them as autograd leaves,
+        # so the M-step starts from the E-step's own trace
+        self._autograd_names: Optional[Tuple[str, ...]] = None
 
     # -- the two halves --------------------------------------------------------------
     def e_step(self, *args, **kwargs) -> Expectations:
@@ -73,11 +76,21 @@ class EM:
         return self._e_step(args, kwargs, "at the current parameters")
 
     def _e_step(self, args: tuple, kwargs: dict, where: str) -> Expectations:
-        with torch.no_grad():
-            trace = self.tracer.trace(args, kwargs)
+        self.tracer.ensure_probed(args, kwargs)
+        names = self.tracer.names() if self.updates is None else self._autograd_names
+        start = None
+        if names:
+            leaves = {n: p.detach().clone().requires_grad_() for n, p in self.tracer.params().items() if n in names}
+            with torch.enable_grad():
+                trace = self.tracer.trace(args, kwargs, values=leaves)
+            start = StartPoint(trace, leaves)
+        else:
+            with torch.no_grad():
+                trace = self.tracer.trace(args, kwargs)
         self.tracer.require_fittable()
         require_observed(trace)
         expect = Expectations(contract_trace(trace))
+        expect._start = start
         ll = expect.log_likelihood
         if not bool(torch.isfinite(ll)):
             value = float(ll)
@@ -105,8 +118,9 @@ class EM:
                 raise TypeError(f"updates must return a dict {{param name: value}}, got {type(new).__name__}")
             write_params(new, names)
         rest = [n for n in names if n not in new]
+        self._autograd_names = tuple(rest)
         if rest:
-            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs))
+            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs), getattr(expect, "_start", None))
         else:
             self.autograd_mstep.stationary = True
 
@@ -184,6 +198,8 @@ class EM:
         good: Optional[_Good] = None
         phase = "e"
         pending: Optional[Expectations] = None  # SQUAREM's E-step at the point it accepted
+        self.autograd_mstep.verify = False  # exact updates are checked by the next E-step instead
+        self.autograd_mstep.unverified = False
         bar = tqdm(total=max_iter, initial=min(n_iter, max_iter), desc="EM", disable=not progress, leave=False)
         try:
             while True:
@@ -196,6 +212,15 @@ class EM:
                 expect = self._e_step(args, kwargs, where) if pending is None else pending
                 pending = None
                 ll = float(expect.log_likelihood)
+                if (history and self.autograd_mstep.unverified
+                        and ll < history[-1] - rounding_slack(history[-1], expect.log_likelihood.dtype)):
+                    # an exact probability update, unchecked, lowered log p(y|θ) (a parameter also
+                    # used in a way its count form missed): redo the step from θₙ, checked
+                    self._restore(good.snapshot)
+                    self.autograd_mstep.verify = True
+                    self.m_step(self._e_step(args, kwargs, where), *args, **kwargs)
+                    continue
+                self.autograd_mstep.unverified = False
                 if history:
                     check_monotone(history[-1], ll, n_iter, expect.log_likelihood.dtype)
                     change = ll - history[-1]
@@ -253,6 +278,7 @@ class EM:
             raise
         finally:
             bar.close()
+            self.autograd_mstep.verify = True
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason)

@@ -8,10 +8,12 @@ iteration. A step that would lower Q is undone, so every step is a (generalized)
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import pyro
 import torch
+from pyro.poutine.trace_struct import Trace
 from torch.distributions import constraints, transform_to
 
 from .diagnostics import rounding_slack
@@ -69,23 +71,39 @@ def _finite_unconstrained(value: torch.Tensor, constraint) -> torch.Tensor:
     return t.inv(value)
 
 
+@dataclass
+class StartPoint:
+    """The E-step's trace, taken with the autograd-fitted params as leaves (constrained values)."""
+
+    trace: Trace
+    leaves: Dict[str, torch.Tensor]
+
+
 class AutogradMStep:
     """Maximize Q over the params that closed-form updates left out.
 
     ``stationary`` tells whether the last call reached a maximum of Q (an exact update, or an
-    inner solver that converged); a fit is only called converged after such a step.
+    inner solver that converged); a fit is only called converged after such a step. With
+    ``verify`` off, a step made of exact probability updates alone is not checked by evaluating
+    Q again; ``unverified`` is then set, and the caller checks log p(y|θ) at the next E-step.
     """
 
     def __init__(self) -> None:
         self.stationary = True
+        self.verify = True
+        self.unverified = False
 
-    def __call__(self, names: List[str], qf: QFunction) -> None:
+    def __call__(self, names: List[str], qf: QFunction, start: Optional[StartPoint] = None) -> None:
         store = pyro.get_param_store()
         current = {n: store.get_param(n).detach() for n in qf.tracer.names()}
         kinds = {n: param_constraint(n, store) for n in names}
-        leaves = {n: current[n].clone().requires_grad_() for n in names}
+        if start is not None and set(start.leaves) == set(names):
+            trace, leaves = start.trace, {n: start.leaves[n] for n in names}
+        else:
+            leaves = {n: current[n].clone().requires_grad_() for n in names}
+            with torch.enable_grad():
+                trace = qf.trace({**current, **leaves})
         with torch.enable_grad():
-            trace = qf.trace({**current, **leaves})
             q0 = qf.value(trace)
             grads = torch.autograd.grad(q0, list(leaves.values()), retain_graph=True, allow_unused=True)
         grads = {n: torch.zeros_like(x) if g is None else g for (n, x), g in zip(leaves.items(), grads)}
@@ -103,6 +121,12 @@ class AutogradMStep:
         del trace, leaves
         new_u = {n: _finite_unconstrained(v, kinds[n]) for n, v in exact.items()}
         rest = [n for n in names if n not in exact]
+        if not rest and not self.verify:
+            with torch.no_grad():
+                for n, u in new_u.items():
+                    unconstrained(n).copy_(u)
+            self.stationary, self.unverified = True, True
+            return
         q1, stationary = self._maximize(rest, qf, current, kinds, new_u)
         if q1 is None or q1 < q0 - rounding_slack(q0, current[names[0]].dtype):
             # the exact updates did not raise Q (a parameter also used in a way the count form

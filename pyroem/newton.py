@@ -44,23 +44,31 @@ def _gradient(q: torch.Tensor, xs: List[torch.Tensor], create_graph: bool) -> to
     return _flat([torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs)])
 
 
+# Up to this many coordinates the Hessian is formed row by row; above, in one batched backward
+# pass (whose first use in a process costs about half a second of set-up).
+_ROWWISE_HESSIAN_SIZE = 32
+
+
 def _hessian(g: torch.Tensor, xs: List[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Rows of ∂g/∂x in one batched backward pass (row by row where an op has no batching rule)."""
+    """``∂g/∂x``: rows by separate backward passes for small blocks, else one batched pass (row by
+    row again where an op has no batching rule)."""
     n = g.numel()
     if not g.requires_grad:
         return g.new_zeros(n, n)
-    eye = torch.eye(n, dtype=g.dtype, device=g.device)
-    try:
-        rows = torch.autograd.grad(g, xs, grad_outputs=eye, retain_graph=True, allow_unused=True,
-                                   is_grads_batched=True)
-        return torch.cat([(torch.zeros(n, x.numel(), dtype=g.dtype, device=g.device) if r is None
-                           else r.reshape(n, -1)) for x, r in zip(xs, rows)], dim=1)
-    except RuntimeError:
-        out = []
-        for i in range(n):
-            row = torch.autograd.grad(g[i], xs, retain_graph=True, allow_unused=True)
-            out.append(_flat([torch.zeros_like(x) if r is None else r for x, r in zip(xs, row)]))
-        return torch.stack(out)
+    if n > _ROWWISE_HESSIAN_SIZE:
+        eye = torch.eye(n, dtype=g.dtype, device=g.device)
+        try:
+            rows = torch.autograd.grad(g, xs, grad_outputs=eye, retain_graph=True, allow_unused=True,
+                                       is_grads_batched=True)
+            return torch.cat([(torch.zeros(n, x.numel(), dtype=g.dtype, device=g.device) if r is None
+                               else r.reshape(n, -1)) for x, r in zip(xs, rows)], dim=1)
+        except RuntimeError:
+            pass
+    out = []
+    for i in range(n):
+        row = torch.autograd.grad(g[i], xs, retain_graph=True, allow_unused=True)
+        out.append(_flat([torch.zeros_like(x) if r is None else r for x, r in zip(xs, row)]))
+    return torch.stack(out)
 
 
 def _direction(g: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:

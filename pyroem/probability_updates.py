@@ -1,10 +1,12 @@
-"""The exact M-step of parameters that enter the model only as probabilities of discrete sites.
+"""The exact M-step of parameters that enter the model only as probabilities or rates of sites.
 
 A simplex parameter ``p`` used only as ``Categorical`` probabilities (indexed, expanded, gathered:
 any linear selection of its rows) contributes ``Σ_k c_k log p_k`` to Q, with ``c`` the expected
 counts, so ``argmax_p Q = c / Σ c``. A ``unit_interval`` parameter used only as ``Bernoulli`` or
 ``Binomial`` probabilities contributes ``a log p + b log(1 - p)``: ``argmax = a / (a + b)``. A
-``Dirichlet`` or ``Beta`` prior on a MAP site adds its concentrations minus one to the counts.
+``positive`` parameter used only as ``Poisson`` or ``Exponential`` rates contributes
+``a log λ - b λ``: ``argmax = a / b``. A ``Dirichlet`` or ``Beta`` prior on a MAP site adds its
+concentrations minus one to the counts.
 
 The counts are read off the trace at θₙ by vector-Jacobian products from each site's
 probabilities back to the parameter, so any indexing between the two is handled by autograd. A
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
-from pyro.distributions import Bernoulli, Beta, Binomial, Categorical, Dirichlet, constraints
+from pyro.distributions import Bernoulli, Beta, Binomial, Categorical, Dirichlet, Exponential, Poisson, constraints
 from pyro.distributions.torch import Independent
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.trace_struct import Trace
@@ -28,12 +30,12 @@ from .qfunction import site_weight
 
 @dataclass
 class _Use:
-    """One discrete site whose probabilities may depend on the parameters."""
+    """One site whose probabilities or rate depend on the parameters, with its expected counts."""
 
-    probs: torch.Tensor      # the distribution's probabilities (normalized for a Categorical)
-    kind: str                # "categorical" or "binary"
-    first: torch.Tensor      # Categorical: expected counts per category; binary: successes
-    second: torch.Tensor     # Categorical: total count per row; binary: failures
+    param: torch.Tensor      # the site's probabilities (normalized for a Categorical) or rate
+    kind: str                # "categorical", "binary" or "rate"
+    first: torch.Tensor      # Categorical: expected counts per category; binary: successes; rate: a
+    second: torch.Tensor     # Categorical: total count per row; binary: failures; rate: b
 
 
 def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
@@ -85,14 +87,27 @@ def _uses(trace: Trace, weights: Mapping[str, torch.Tensor]) -> List[_Use]:
             a = (w * v).expand(_broadcast_shape(w.shape, v.shape, p.shape)).sum_to_size(p.shape)
             b = (w * (n - v)).expand(_broadcast_shape(w.shape, v.shape, p.shape)).sum_to_size(p.shape)
             uses.append(_Use(p, "binary", a, b))
+        elif isinstance(fn, (Poisson, Exponential)) and fn.rate.requires_grad:
+            lam = fn.rate
+            v = value.to(lam.dtype)
+            full = _broadcast_shape(w.shape, v.shape, lam.shape)
+            weight = w.expand(full).sum_to_size(lam.shape)
+            weighted = (w * v).expand(full).sum_to_size(lam.shape)
+            # Poisson: Σ w (y log λ - λ); Exponential: Σ w (log λ - λ y)
+            a, b = (weighted, weight) if isinstance(fn, Poisson) else (weight, weighted)
+            uses.append(_Use(lam, "rate", a, b))
     return uses
 
 
 def _vjp(outputs: List[torch.Tensor], cotangents: List[torch.Tensor],
          leaves: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    """``Σ_i cotangent_i · ∂output_i/∂leaf`` for each leaf (None where unused), as the gradient of
+    one scalar: ``grad_outputs`` would cost a heavy import on first use."""
     if not outputs:
         return [None] * len(leaves)
-    return list(torch.autograd.grad(outputs, leaves, cotangents, retain_graph=True, allow_unused=True))
+    with torch.enable_grad():
+        total = sum((o * c).sum() for o, c in zip(outputs, cotangents))
+    return list(torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True))
 
 
 def _prior_counts(trace: Trace, name: str, value: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
@@ -123,7 +138,8 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
                         kinds: Mapping[str, constraints.Constraint]) -> Dict[str, torch.Tensor]:
     """Closed-form maximizers of Q for the parameters among ``leaves`` that qualify (see the module
     docstring); ``trace`` was taken at the values ``leaves`` with its graph, ``grads`` is ∂Q/∂leaf."""
-    names = [n for n, c in kinds.items() if n in leaves and (c is constraints.simplex or c is constraints.unit_interval)]
+    supported = (constraints.simplex, constraints.unit_interval, constraints.positive)
+    names = [n for n, c in kinds.items() if n in leaves and any(c is k for k in supported)]
     if not names:
         return {}
     uses = _uses(trace, weights)
@@ -132,18 +148,21 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
     xs = [leaves[n] for n in names]
     cat = [u for u in uses if u.kind == "categorical"]
     bin_ = [u for u in uses if u.kind == "binary"]
+    rate = [u for u in uses if u.kind == "rate"]
     out: Dict[str, torch.Tensor] = {}
     with torch.no_grad():
         # Categorical: ∂/∂p of Σ c log p (normalized rows), and -C_r read off a cotangent on
         # each row's largest category (its other entries receive exactly minus the row total)
-        g_cat = _vjp([u.probs for u in cat],
-                     [torch.where(u.probs > 0, u.first / u.probs, torch.zeros_like(u.probs)) for u in cat], xs)
-        top = [u.probs.argmax(-1, keepdim=True) for u in cat]
-        pick = [torch.zeros_like(u.probs).scatter_(-1, t, u.second / u.probs.gather(-1, t))
+        g_cat = _vjp([u.param for u in cat],
+                     [torch.where(u.param > 0, u.first / u.param, torch.zeros_like(u.param)) for u in cat], xs)
+        top = [u.param.argmax(-1, keepdim=True) for u in cat]
+        pick = [torch.zeros_like(u.param).scatter_(-1, t, u.second / u.param.gather(-1, t))
                 for u, t in zip(cat, top)]
-        neg_total = _vjp([u.probs for u in cat], pick, xs)
-        succ = _vjp([u.probs for u in bin_], [u.first for u in bin_], xs)
-        fail = _vjp([u.probs for u in bin_], [u.second for u in bin_], xs)
+        neg_total = _vjp([u.param for u in cat], pick, xs)
+        succ = _vjp([u.param for u in bin_], [u.first for u in bin_], xs)
+        fail = _vjp([u.param for u in bin_], [u.second for u in bin_], xs)
+        shape_a = _vjp([u.param for u in rate], [u.first for u in rate], xs)
+        shape_b = _vjp([u.param for u in rate], [u.second for u in rate], xs)
     for i, name in enumerate(names):
         x, g = leaves[name].detach(), grads.get(name)
         if g is None:
@@ -151,7 +170,10 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
         prior = _prior_counts(trace, name, x)
         if prior is None:
             continue
-        if kinds[name] is constraints.simplex and g_cat[i] is not None and succ[i] is None and x.dim() >= 1:
+        others = [t for t in (g_cat[i], succ[i], shape_a[i]) if t is not None]
+        if len(others) != 1:
+            continue  # unused here, or used by sites of two kinds
+        if kinds[name] is constraints.simplex and g_cat[i] is not None and x.dim() >= 1:
             k = x.shape[-1]
             if k < 2:
                 continue
@@ -166,7 +188,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
                 continue
             counts = counts.clamp_min(0)
             new = _normalized(counts, counts.sum(-1, keepdim=True), x)
-        elif kinds[name] is constraints.unit_interval and succ[i] is not None and g_cat[i] is None:
+        elif kinds[name] is constraints.unit_interval and succ[i] is not None:
             a, b = succ[i], fail[i]
             if prior:
                 a, b = a + prior[0], b + prior[1]
@@ -176,6 +198,14 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
                 continue
             a, b = a.clamp_min(0), b.clamp_min(0)
             new = _normalized(a, a + b, x)
+        elif kinds[name] is constraints.positive and shape_a[i] is not None and not prior:
+            a, b = shape_a[i], shape_b[i]
+            grad_model = a / x - b
+            if not _close(g, grad_model, g.abs() + (a / x).abs() + b.abs()) or not bool((b > 0).all()):
+                continue
+            new = a.clamp_min(0) / b
+            if not bool((new > 0).all() & torch.isfinite(new).all()):
+                continue
         else:
             continue
         if new is not None:
