@@ -30,6 +30,7 @@ RUNS = [
     ("bench_hmm.py", []),
     ("bench_gmm_batch.py", []),
     ("bench_engine_gmm.py", []),
+    ("bench_autograd_mstep.py", []),
 ]
 
 

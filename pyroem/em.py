@@ -136,7 +136,7 @@ class EM:
         If the M-step fails (an exception, or an interrupt), the params are put back as they were.
         """
         expect = self.e_step(*args, **kwargs)
-        ll = float(expect.log_likelihood)
+        ll = expect.log_likelihood_value()
         key = tuple(map(id, args)) + tuple((k, id(v)) for k, v in sorted(kwargs.items()))
         if self._last_step is not None and self._last_step[0] == key:
             n = self._last_step[2] + 1
@@ -211,7 +211,7 @@ class EM:
                 where = "at the starting parameters" if n_iter == 0 else f"after step {n_iter}"
                 expect = self._e_step(args, kwargs, where) if pending is None else pending
                 pending = None
-                ll = float(expect.log_likelihood)
+                ll = expect.log_likelihood_value()
                 if (history and self.autograd_mstep.unverified
                         and ll < history[-1] - rounding_slack(history[-1], expect.log_likelihood.dtype)):
                     # an exact probability update, unchecked, lowered log p(y|θ) (a parameter also

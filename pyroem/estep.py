@@ -289,6 +289,7 @@ class EStep:
     enum_symbols: Dict[str, str]
     pieces: List[torch.Tensor] = field(default_factory=list)
     constant_factors: Dict[str, torch.Tensor] = field(default_factory=dict)
+    total: float = float("nan")  # log_likelihood accumulated in float64
 
 
 def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
@@ -370,10 +371,14 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
         ll = ll.detach()
     if not differentiable:
         scaled_pieces = [_scaled(comp, logz) for comp, logz in zip(comps, pieces)]
+        # the same sum accumulated in float64: a float32 total resolves changes of only
+        # eps·|log p(y|θ)|, far coarser than the per-element values it adds up
+        total = float(sum((t.detach().sum(dtype=torch.float64) for t in scaled_pieces + list(constant_factors.values())),
+                          torch.zeros((), dtype=torch.float64, device=ll.device)))
     else:
-        scaled_pieces = []
+        scaled_pieces, total = [], float("nan")
     return EStep(trace, ll, comps, constant_sites, dim_size, site_ordinals, enum_symbols,
-                 scaled_pieces, constant_factors)
+                 scaled_pieces, constant_factors, total)
 
 
 def _scaled(comp: Component, logz: torch.Tensor) -> torch.Tensor:

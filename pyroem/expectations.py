@@ -26,6 +26,11 @@ class Expectations:
     def log_likelihood(self) -> torch.Tensor:
         return self._e.log_likelihood
 
+    def log_likelihood_value(self) -> float:
+        """``log p(y|θₙ)`` as a Python float, its terms summed in float64 whatever their dtype
+        (a float32 total cannot resolve the small changes of a late EM step)."""
+        return self._e.total
+
     def log_likelihood_by(self, plate: str) -> torch.Tensor:
         """``log p(y_i | θₙ)`` for each element i of ``plate``, shape ``(plate size,)``.
 

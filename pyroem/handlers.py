@@ -152,6 +152,14 @@ class LatentPolicy(Messenger):
         msg["is_observed"] = True
         msg["infer"][MAP_FLAG] = True
 
+    def _pyro_markov_chain(self, msg: dict) -> None:
+        raise ValueError(
+            f"the model runs a vectorized Markov chain '{msg['name']}' (pyro.contrib.funsor's "
+            "vectorized_markov); pyroem's engine contracts pyro.markov loops exactly but would treat a "
+            "vectorized chain's time dimension as a plate and get log p(y|θ) wrong. Write the chain "
+            "as `for t in pyro.markov(range(T))`, or fit it with pyro.contrib.funsor's TraceMarkovEnum_ELBO"
+        )
+
 
 class ReplaySubsample(Messenger):
     """Replay the indices of subsampled plates recorded in an earlier trace."""

@@ -29,7 +29,7 @@ def squarem_step(expect0: Expectations, em_map: Callable[[Expectations], None],
     M-step from given expectations, ``e_step`` the E-step at the current parameters (raising
     ``ValueError`` where log p(y|θ) is not finite). Leaves the accepted parameters in the param
     store and returns their expectations and the number of EM steps taken."""
-    ll0 = float(expect0.log_likelihood)
+    ll0 = expect0.log_likelihood_value()
     slack = rounding_slack(ll0, expect0.log_likelihood.dtype)
     u0 = snapshot()
     em_map(expect0)
@@ -49,7 +49,7 @@ def squarem_step(expect0: Expectations, em_map: Callable[[Expectations], None],
             em_map(e_step())
             steps += 1
             expect = e_step()
-            ll = float(expect.log_likelihood)
+            ll = expect.log_likelihood_value()
             if ll >= ll0 - slack:
                 return expect, steps
         except ValueError:  # the extrapolated point is outside what the model accepts
