@@ -80,10 +80,8 @@ class EM:
         names = self.tracer.names() if self.updates is None else self._autograd_names
         start = None
         if names:
-            leaves = {n: p.detach().clone().requires_grad_() for n, p in self.tracer.params().items() if n in names}
-            with torch.enable_grad():
-                trace = self.tracer.trace(args, kwargs, values=leaves)
-            start = StartPoint(trace, leaves)
+            start = StartPoint.take(self.tracer, names, lambda values: self.tracer.trace(args, kwargs, values=values))
+            trace = start.trace
         else:
             with torch.no_grad():
                 trace = self.tracer.trace(args, kwargs)

@@ -73,19 +73,35 @@ def _finite_unconstrained(value: torch.Tensor, constraint) -> torch.Tensor:
 
 @dataclass
 class StartPoint:
-    """The E-step's trace, taken with the autograd-fitted params as leaves (constrained values)."""
+    """A trace at θₙ whose fitted parameters are functions of autograd leaves: ``leaves`` are the
+    unconstrained values, ``values`` the constrained ones substituted into the model."""
 
     trace: Trace
     leaves: Dict[str, torch.Tensor]
+    values: Dict[str, torch.Tensor]
+
+    @staticmethod
+    def take(tracer, names: Iterable[str], trace_fn) -> "StartPoint":
+        """Trace with ``names`` substituted by ``transform(leaf)``; ``trace_fn(values)`` traces."""
+        store = pyro.get_param_store()
+        leaves = {n: unconstrained(n).detach().clone().requires_grad_() for n in names}
+        with torch.enable_grad():
+            values = {n: transform_to(param_constraint(n, store))(u) for n, u in leaves.items()}
+            trace = trace_fn(values)
+        return StartPoint(trace, leaves, values)
 
 
 class AutogradMStep:
     """Maximize Q over the params that closed-form updates left out.
 
+    Parameters that qualify for an exact count update (see :mod:`pyroem.probability_updates`)
+    enter Q through their own sites only, so Q separates into their part and the rest's: the
+    counts maximize the first, Newton the second, both from the trace at θₙ.
+
     ``stationary`` tells whether the last call reached a maximum of Q (an exact update, or an
     inner solver that converged); a fit is only called converged after such a step. With
-    ``verify`` off, a step made of exact probability updates alone is not checked by evaluating
-    Q again; ``unverified`` is then set, and the caller checks log p(y|θ) at the next E-step.
+    ``verify`` off, a step made of exact updates alone is not checked by evaluating Q again;
+    ``unverified`` is then set, and the caller checks log p(y|θ) at the next E-step.
     """
 
     def __init__(self) -> None:
@@ -95,71 +111,52 @@ class AutogradMStep:
 
     def __call__(self, names: List[str], qf: QFunction, start: Optional[StartPoint] = None) -> None:
         store = pyro.get_param_store()
-        current = {n: store.get_param(n).detach() for n in qf.tracer.names()}
         kinds = {n: param_constraint(n, store) for n in names}
-        if start is not None and set(start.leaves) == set(names):
-            trace, leaves = start.trace, {n: start.leaves[n] for n in names}
-        else:
-            leaves = {n: current[n].clone().requires_grad_() for n in names}
-            with torch.enable_grad():
-                trace = qf.trace({**current, **leaves})
-        with torch.enable_grad():
-            q0 = qf.value(trace)
-            grads = torch.autograd.grad(q0, list(leaves.values()), retain_graph=True, allow_unused=True)
-        grads = {n: torch.zeros_like(x) if g is None else g for (n, x), g in zip(leaves.items(), grads)}
-        bad = [n for n, g in grads.items() if not bool(torch.isfinite(g).all())]
-        if bad:
-            raise ValueError(
-                f"the gradient of Q with respect to {', '.join(repr(n) for n in bad)} is not "
-                "finite at the current parameters, so the autograd M-step cannot move them. "
-                "A log-factor's derivative is undefined somewhere (e.g. a Poisson rate of "
-                "exactly 0 gives 0·∞): write such branches with torch.where or "
-                "dist.MaskedMixture so the unused branch gets no gradient"
-            )
-        q0 = float(q0.detach())
-        exact = probability_updates(trace, qf.expect.site_weights(), leaves, grads, kinds)
-        del trace, leaves
+        if start is None or set(start.leaves) != set(names):
+            start = StartPoint.take(qf.tracer, names, qf.trace)
+        exact = probability_updates(start.trace, qf.expect.site_weights(), start.values, kinds)
         new_u = {n: _finite_unconstrained(v, kinds[n]) for n, v in exact.items()}
         rest = [n for n in names if n not in exact]
-        if not rest and not self.verify:
+        stationary = True
+        if rest:
+            with torch.enable_grad():
+                q0 = qf.value(start.trace)
+                xs = [start.leaves[n] for n in rest]
+                g0 = torch.autograd.grad(q0, xs, create_graph=True, allow_unused=True)
+            bad = [n for n, g in zip(rest, g0) if g is not None and not bool(torch.isfinite(g).all())]
+            if bad:
+                raise ValueError(
+                    f"the gradient of Q with respect to {', '.join(repr(n) for n in bad)} is not "
+                    "finite at the current parameters, so the autograd M-step cannot move them. "
+                    "A log-factor's derivative is undefined somewhere (e.g. a Poisson rate of "
+                    "exactly 0 gives 0·∞): write such branches with torch.where or "
+                    "dist.MaskedMixture so the unused branch gets no gradient"
+                )
+            # Q separates, so the rest is maximized with the exact ones still at θₙ
+            current = {n: store.get_param(n).detach() for n in qf.tracer.names()}
+            transforms = [transform_to(kinds[n]) for n in rest]
+
+            def f(us):
+                values = dict(current)
+                values.update({n: t(u) for n, t, u in zip(rest, transforms, us)})
+                return qf.try_value(values)
+
+            out = maximize(f, xs, first=(q0, g0))
+            start_value = float(q0.detach())
+            if out is None or out.value < start_value - rounding_slack(start_value, q0.dtype):
+                stationary = False
+            else:
+                new_u.update(zip(rest, out.xs))
+                stationary = out.stationary
+        elif self.verify and new_u:
             with torch.no_grad():
-                for n, u in new_u.items():
-                    unconstrained(n).copy_(u)
-            self.stationary, self.unverified = True, True
-            return
-        q1, stationary = self._maximize(rest, qf, current, kinds, new_u)
-        if q1 is None or q1 < q0 - rounding_slack(q0, current[names[0]].dtype):
-            # the exact updates did not raise Q (a parameter also used in a way the count form
-            # missed): optimize every parameter numerically from θₙ instead
-            new_u = {}
-            q1, stationary = self._maximize(names, qf, current, kinds, new_u)
-            if q1 is None or q1 < q0:
+                q0 = qf.value(start.trace)
+                values = {n: transform_to(kinds[n])(u) for n, u in new_u.items()}
+                q1 = qf.try_value(values)
+            if q1 is None or float(q1) < float(q0) - rounding_slack(float(q0), q0.dtype):
                 new_u, stationary = {}, False
         with torch.no_grad():
             for n, u in new_u.items():
                 unconstrained(n).copy_(u)
         self.stationary = stationary
-
-    @staticmethod
-    def _maximize(rest: List[str], qf: QFunction, current: Dict[str, torch.Tensor],
-                  kinds: Mapping[str, object], new_u: Dict[str, torch.Tensor]):
-        """Newton (or L-BFGS) over ``rest`` with the values in ``new_u`` fixed; adds the optimum
-        to ``new_u`` and returns (Q there, whether it is stationary)."""
-        fixed = dict(current)
-        fixed.update({n: transform_to(kinds[n])(u) for n, u in new_u.items()})
-        if not rest:
-            with torch.no_grad():
-                q = qf.try_value(fixed)
-            return (None if q is None else float(q)), True
-        transforms = [transform_to(kinds[n]) for n in rest]
-
-        def f(xs):
-            values = dict(fixed)
-            values.update({n: t(x) for n, t, x in zip(rest, transforms, xs)})
-            return qf.try_value(values)
-
-        out = maximize(f, [unconstrained(n).detach() for n in rest])
-        if out is None:
-            return None, False
-        new_u.update(zip(rest, out.xs))
-        return out.value, out.stationary
+        self.unverified = self.unverified or (bool(exact) and not self.verify)

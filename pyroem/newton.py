@@ -8,11 +8,12 @@ infeasible (a distribution rejected it); infeasible or non-finite trial points s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 Objective = Callable[[List[torch.Tensor]], Optional[torch.Tensor]]
+First = Tuple[torch.Tensor, Sequence[Optional[torch.Tensor]]]
 
 # Largest block (in scalar coordinates) whose Hessian is formed; larger blocks use L-BFGS.
 NEWTON_MAX_SIZE = 256
@@ -104,14 +105,28 @@ def _evaluate(f: Objective, xs: List[torch.Tensor]):
     return q, g
 
 
-def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
-                    max_evals: int = 200) -> Optional[Outcome]:
-    """Maximize ``f`` from ``xs``; None when ``f`` or its gradient cannot be evaluated at ``xs``."""
-    xs = _leaves(xs)
-    first = _evaluate(f, xs)
+def _start(f: Objective, xs: List[torch.Tensor], first: Optional[First]):
+    """``(xs, value, gradient)`` at the start: ``first`` where the caller has them (``xs`` are then
+    the leaves of their graph), else one evaluation of ``f``."""
     if first is None:
+        xs = _leaves(xs)
+        out = _evaluate(f, xs)
+        return None if out is None else (xs,) + out
+    q, grads = first
+    if not bool(torch.isfinite(q.detach())):
         return None
-    q, g = first
+    g = _flat([torch.zeros_like(x) if gi is None else gi for x, gi in zip(xs, grads)])
+    return (list(xs), q, g) if bool(torch.isfinite(g.detach()).all()) else None
+
+
+def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
+                    max_evals: int = 200, first: Optional[First] = None) -> Optional[Outcome]:
+    """Maximize ``f`` from ``xs``; None when ``f`` or its gradient cannot be evaluated at ``xs``.
+    ``first``: the value and gradient (with its graph) at ``xs``, where already computed."""
+    start = _start(f, xs, first)
+    if start is None:
+        return None
+    xs, q, g = start
     eps = torch.finfo(q.dtype).eps
     stationary, evals = False, 1
     for _ in range(max_iter):
@@ -191,8 +206,8 @@ def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200) ->
     return Outcome(out, float(q1), stationary)
 
 
-def maximize(f: Objective, xs: List[torch.Tensor]) -> Optional[Outcome]:
-    """Newton for small blocks, L-BFGS for large ones."""
+def maximize(f: Objective, xs: List[torch.Tensor], first: Optional[First] = None) -> Optional[Outcome]:
+    """Newton for small blocks, L-BFGS for large ones (which start afresh from ``xs``)."""
     if sum(x.numel() for x in xs) <= NEWTON_MAX_SIZE:
-        return newton_maximize(f, xs)
-    return lbfgs_maximize(f, xs)
+        return newton_maximize(f, xs, first=first)
+    return lbfgs_maximize(f, [x.detach() for x in xs])

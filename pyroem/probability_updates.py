@@ -1,22 +1,23 @@
 """The exact M-step of parameters that enter the model only as probabilities or rates of sites.
 
 A simplex parameter ``p`` used only as ``Categorical`` probabilities (indexed, expanded, gathered:
-any linear selection of its rows) contributes ``Σ_k c_k log p_k`` to Q, with ``c`` the expected
-counts, so ``argmax_p Q = c / Σ c``. A ``unit_interval`` parameter used only as ``Bernoulli`` or
+any selection of its rows) contributes ``Σ_k c_k log p_k`` to Q, with ``c`` the expected counts,
+so ``argmax_p Q = c / Σ c``. A ``unit_interval`` parameter used only as ``Bernoulli`` or
 ``Binomial`` probabilities contributes ``a log p + b log(1 - p)``: ``argmax = a / (a + b)``. A
 ``positive`` parameter used only as ``Poisson`` or ``Exponential`` rates contributes
 ``a log λ - b λ``: ``argmax = a / b``. A ``Dirichlet`` or ``Beta`` prior on a MAP site adds its
 concentrations minus one to the counts.
 
-The counts are read off the trace at θₙ by vector-Jacobian products from each site's
-probabilities back to the parameter, so any indexing between the two is handled by autograd. A
-parameter qualifies only when the gradient of Q equals the gradient of that count form (it is
-then used nowhere else), all its counts are non-negative and every row holds some count.
+Which parameters qualify is read off the autograd graph of the trace taken at θₙ (the E-step's
+own): between the parameter and each such site's probabilities only selection ops (indexing,
+expanding, reshaping, ``torch.where``) may lie, and no other site's log-probability may depend on
+it. The counts of each site are mapped back to the parameter by one vector-Jacobian product
+through those selections.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 import torch
 from pyro.distributions import Bernoulli, Beta, Binomial, Categorical, Dirichlet, Exponential, Poisson, constraints
@@ -27,15 +28,28 @@ from pyro.poutine.trace_struct import Trace
 from .handlers import is_map_site, is_subsample_site
 from .qfunction import site_weight
 
+KINDS = ("categorical", "binary", "rate")
+
+# Autograd nodes that only select, copy or rearrange entries: a count mapped back through them
+# lands on the parameter entries the site used.
+_SELECTIONS = frozenset({
+    "IndexBackward0", "IndexSelectBackward0", "GatherBackward0", "ExpandBackward0", "SelectBackward0",
+    "SliceBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AliasBackward0",
+    "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3",
+    "PermuteBackward0", "TransposeBackward0", "TBackward0", "CloneBackward0", "AsStridedBackward0",
+    "WhereBackward0", "CatBackward0", "StackBackward0", "ToCopyBackward0", "UnbindBackward0",
+    "SplitBackward0", "SplitWithSizesBackward0", "NarrowBackward0",
+})
+
 
 @dataclass
 class _Use:
     """One site whose probabilities or rate depend on the parameters, with its expected counts."""
 
-    param: torch.Tensor      # the site's probabilities (normalized for a Categorical) or rate
-    kind: str                # "categorical", "binary" or "rate"
-    first: torch.Tensor      # Categorical: expected counts per category; binary: successes; rate: a
-    second: torch.Tensor     # Categorical: total count per row; binary: failures; rate: b
+    param: torch.Tensor      # the site's probabilities or rate (a Categorical's: before normalizing)
+    kind: str                # one of KINDS
+    first: torch.Tensor      # expected counts per category; binary: successes; rate: a
+    second: torch.Tensor     # binary: failures; rate: b (unused for a Categorical)
 
 
 def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
@@ -64,39 +78,96 @@ def _unwrap(fn, w: torch.Tensor) -> Tuple[object, torch.Tensor]:
             return fn, w
 
 
-def _uses(trace: Trace, weights: Mapping[str, torch.Tensor]) -> List[_Use]:
-    uses = []
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or is_subsample_site(site) or is_map_site(site):
+def _raw_categorical(p: torch.Tensor) -> Optional[Tuple[torch.Tensor, object]]:
+    """The tensor a ``Categorical`` was given and the node of its normalization
+    ``probs / probs.sum(-1)``, where ``p`` is that normalization (possibly expanded)."""
+    node = p.grad_fn
+    while node is not None and type(node).__name__ == "ExpandBackward0":
+        node = node.next_functions[0][0]
+    if node is None or type(node).__name__ != "DivBackward0":
+        return None
+    return node._saved_self, node
+
+
+def _use(site: dict, weights: Mapping[str, torch.Tensor]) -> Optional[_Use]:
+    """The site's probabilities or rate, where they depend on the parameters, with its counts."""
+    fn, w = _unwrap(site["fn"], site_weight(site, weights).detach())
+    value = site["value"]
+    if isinstance(fn, Categorical) and "probs" in fn.__dict__ and fn.probs.requires_grad:
+        p = fn.probs
+        found = _raw_categorical(p)
+        if found is None:
+            return None
+        raw = found[0]
+        shape = _broadcast_shape(value.shape + (1,), p.shape)
+        idx = value.long().unsqueeze(-1).expand(shape[:-1] + (1,))
+        w_full = w.unsqueeze(-1).expand(shape[:-1] + (1,)).to(p.dtype)
+        counts = p.new_zeros(shape[:-1] + (p.shape[-1],)).scatter_add_(-1, idx, w_full)
+        return _Use(raw, "categorical", counts.sum_to_size(raw.shape), counts)
+    if isinstance(fn, (Bernoulli, Binomial)) and "probs" in fn.__dict__ and fn.probs.requires_grad:
+        p = fn.probs
+        n = fn.total_count if isinstance(fn, Binomial) else 1.0
+        v = value.to(p.dtype)
+        full = _broadcast_shape(w.shape, v.shape, p.shape)
+        return _Use(p, "binary", (w * v).expand(full).sum_to_size(p.shape),
+                    (w * (n - v)).expand(full).sum_to_size(p.shape))
+    if isinstance(fn, (Poisson, Exponential)) and fn.rate.requires_grad:
+        lam = fn.rate
+        v = value.to(lam.dtype)
+        full = _broadcast_shape(w.shape, v.shape, lam.shape)
+        weight = w.expand(full).sum_to_size(lam.shape)
+        weighted = (w * v).expand(full).sum_to_size(lam.shape)
+        # Poisson: Σ w (y log λ - λ); Exponential: Σ w (log λ - λ y)
+        a, b = (weighted, weight) if isinstance(fn, Poisson) else (weight, weighted)
+        return _Use(lam, "rate", a, b)
+    return None
+
+
+def _prior_counts(site: dict, value: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
+    """The concentration-minus-one a MAP site's Dirichlet or Beta prior adds to the counts; None
+    where the prior is of another family or depends on the parameters."""
+    fn = site["fn"]
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    scale = site["scale"]
+    if isinstance(fn, Dirichlet) and not fn.concentration.requires_grad:
+        return (scale * (fn.concentration - 1).expand(value.shape),)
+    if isinstance(fn, Beta) and not (fn.concentration1.requires_grad or fn.concentration0.requires_grad):
+        return (scale * (fn.concentration1 - 1).expand(value.shape),
+                scale * (fn.concentration0 - 1).expand(value.shape))
+    return None
+
+
+def _reached(node, leaf_ids: Dict[int, str], leaf_nodes: Dict[object, str], seen: Set[tuple],
+             selecting: bool) -> Tuple[Set[str], Set[str], bool]:
+    """The parameters reached backwards from ``node``: those reached through selection nodes only
+    (when ``selecting``), those reached through any other node, and whether any other tensor
+    that requires grad is reached. A parameter's value is an autograd leaf (``leaf_ids``, by
+    ``id``) or the output of its constraint's transform (``leaf_nodes``, by node)."""
+    selected: Set[str] = set()
+    other: Set[str] = set()
+    foreign = False
+    todo = [(node, selecting)]
+    while todo:
+        n, clean = todo.pop()
+        if n is None or (n, clean) in seen:
             continue
-        fn, w = _unwrap(site["fn"], site_weight(site, weights).detach())
-        value = site["value"]
-        if isinstance(fn, Categorical) and "probs" in fn.__dict__ and fn.probs.requires_grad:
-            p = fn.probs
-            k = p.shape[-1]
-            shape = _broadcast_shape(value.shape + (1,), p.shape)
-            idx = value.long().unsqueeze(-1).expand(shape[:-1] + (1,))
-            w_full = w.unsqueeze(-1).expand(shape[:-1] + (1,)).to(p.dtype)
-            counts = p.new_zeros(shape[:-1] + (k,)).scatter_add_(-1, idx, w_full)
-            counts = counts.sum_to_size(p.shape)
-            uses.append(_Use(p, "categorical", counts, counts.sum(-1, keepdim=True)))
-        elif isinstance(fn, (Bernoulli, Binomial)) and "probs" in fn.__dict__ and fn.probs.requires_grad:
-            p = fn.probs
-            n = fn.total_count if isinstance(fn, Binomial) else 1.0
-            v = value.to(p.dtype)
-            a = (w * v).expand(_broadcast_shape(w.shape, v.shape, p.shape)).sum_to_size(p.shape)
-            b = (w * (n - v)).expand(_broadcast_shape(w.shape, v.shape, p.shape)).sum_to_size(p.shape)
-            uses.append(_Use(p, "binary", a, b))
-        elif isinstance(fn, (Poisson, Exponential)) and fn.rate.requires_grad:
-            lam = fn.rate
-            v = value.to(lam.dtype)
-            full = _broadcast_shape(w.shape, v.shape, lam.shape)
-            weight = w.expand(full).sum_to_size(lam.shape)
-            weighted = (w * v).expand(full).sum_to_size(lam.shape)
-            # Poisson: Σ w (y log λ - λ); Exponential: Σ w (log λ - λ y)
-            a, b = (weighted, weight) if isinstance(fn, Poisson) else (weight, weighted)
-            uses.append(_Use(lam, "rate", a, b))
-    return uses
+        seen.add((n, clean))
+        name = leaf_nodes.get(n)
+        if name is not None:
+            (selected if clean else other).add(name)
+            continue
+        variable = getattr(n, "variable", None)
+        if variable is not None:
+            name = leaf_ids.get(id(variable))
+            if name is not None:
+                (selected if clean else other).add(name)
+            else:
+                foreign = True
+            continue
+        keeps = clean and type(n).__name__ in _SELECTIONS
+        todo.extend((child, keeps) for child, _ in n.next_functions)
+    return selected, other, foreign
 
 
 def _vjp(outputs: List[torch.Tensor], cotangents: List[torch.Tensor],
@@ -110,105 +181,92 @@ def _vjp(outputs: List[torch.Tensor], cotangents: List[torch.Tensor],
     return list(torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True))
 
 
-def _prior_counts(trace: Trace, name: str, value: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
-    """The concentration-minus-one a MAP site's Dirichlet or Beta prior adds; () for none;
-    None where the prior is of another family or depends on the parameters."""
-    site = trace.nodes.get(name)
-    if site is None or site["type"] != "sample" or not is_map_site(site):
-        return ()
-    fn = site["fn"]
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    scale = site["scale"]
-    if isinstance(fn, Dirichlet) and not fn.concentration.requires_grad:
-        return (scale * (fn.concentration - 1).expand(value.shape),)
-    if isinstance(fn, Beta) and not (fn.concentration1.requires_grad or fn.concentration0.requires_grad):
-        return (scale * (fn.concentration1 - 1).expand(value.shape),
-                scale * (fn.concentration0 - 1).expand(value.shape))
-    return None
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> bool:
-    tol = 1e-7 if a.dtype == torch.float64 else 1e-3
-    return bool(((a - b).abs() <= tol * (scale + 1.0)).all())
-
-
 def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
-                        leaves: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor],
+                        leaves: Dict[str, torch.Tensor],
                         kinds: Mapping[str, constraints.Constraint]) -> Dict[str, torch.Tensor]:
-    """Closed-form maximizers of Q for the parameters among ``leaves`` that qualify (see the module
-    docstring); ``trace`` was taken at the values ``leaves`` with its graph, ``grads`` is ∂Q/∂leaf."""
+    """Closed-form maximizers of Q for the parameters among ``leaves`` (constrained values that
+    are autograd leaves of ``trace``) that qualify; see the module docstring."""
     supported = (constraints.simplex, constraints.unit_interval, constraints.positive)
     names = [n for n, c in kinds.items() if n in leaves and any(c is k for k in supported)]
     if not names:
         return {}
-    uses = _uses(trace, weights)
+    leaf_ids = {id(leaves[n]): n for n in names}
+    leaf_nodes = {leaves[n].grad_fn: n for n in names if leaves[n].grad_fn is not None}
+    uses: List[_Use] = []
+    entries: List[object] = []   # the autograd node each site's counts enter at
+    count_sites: Set[str] = set()
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not is_subsample_site(site) and not is_map_site(site):
+            use = _use(site, weights)
+            if use is not None:
+                uses.append(use)
+                entries.append(use.param.grad_fn)
+                count_sites.add(name)
     if not uses:
         return {}
-    xs = [leaves[n] for n in names]
-    cat = [u for u in uses if u.kind == "categorical"]
-    bin_ = [u for u in uses if u.kind == "binary"]
-    rate = [u for u in uses if u.kind == "rate"]
-    out: Dict[str, torch.Tensor] = {}
+    # the kinds of site whose probabilities select each leaf, and the leaves reached otherwise
+    selected: Dict[str, Set[str]] = {}
+    tainted: Set[str] = set()
+    seen: Set[tuple] = set()
+    for use, entry in zip(uses, entries):
+        if id(use.param) in leaf_ids:  # the site was handed the parameter itself
+            sel = {leaf_ids[id(use.param)]}
+        elif entry in leaf_nodes:
+            sel = {leaf_nodes[entry]}
+        else:
+            sel, other, foreign = _reached(entry, leaf_ids, leaf_nodes, set(), True)
+            tainted |= other
+            if foreign:  # the site's probabilities also depend on parameters fitted otherwise
+                tainted |= sel
+        for name in sel:
+            selected.setdefault(name, set()).add(use.kind)
+    seen = set()
+    priors: Dict[str, Tuple[torch.Tensor, ...]] = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or is_subsample_site(site) or name in count_sites:
+            continue
+        if is_map_site(site) and name in leaves:
+            prior = _prior_counts(site, leaves[name])
+            if prior is not None:
+                priors[name] = prior
+                continue
+        lp = site.get("unscaled_log_prob")
+        if isinstance(lp, torch.Tensor) and lp.grad_fn is not None:
+            sel, other, _ = _reached(lp.grad_fn, leaf_ids, leaf_nodes, seen, False)
+            tainted |= sel | other
+        elif isinstance(lp, torch.Tensor) and id(lp) in leaf_ids:
+            tainted.add(leaf_ids[id(lp)])
+    eligible = [n for n in names if n not in tainted and len(selected.get(n, ())) == 1]
+    if not eligible:
+        return {}
+    xs = [leaves[n] for n in eligible]
     with torch.no_grad():
-        # Categorical: ∂/∂p of Σ c log p (normalized rows), and -C_r read off a cotangent on
-        # each row's largest category (its other entries receive exactly minus the row total)
-        g_cat = _vjp([u.param for u in cat],
-                     [torch.where(u.param > 0, u.first / u.param, torch.zeros_like(u.param)) for u in cat], xs)
-        top = [u.param.argmax(-1, keepdim=True) for u in cat]
-        pick = [torch.zeros_like(u.param).scatter_(-1, t, u.second / u.param.gather(-1, t))
-                for u, t in zip(cat, top)]
-        neg_total = _vjp([u.param for u in cat], pick, xs)
-        succ = _vjp([u.param for u in bin_], [u.first for u in bin_], xs)
-        fail = _vjp([u.param for u in bin_], [u.second for u in bin_], xs)
-        shape_a = _vjp([u.param for u in rate], [u.first for u in rate], xs)
-        shape_b = _vjp([u.param for u in rate], [u.second for u in rate], xs)
-    for i, name in enumerate(names):
-        x, g = leaves[name].detach(), grads.get(name)
-        if g is None:
-            continue
-        prior = _prior_counts(trace, name, x)
-        if prior is None:
-            continue
-        others = [t for t in (g_cat[i], succ[i], shape_a[i]) if t is not None]
-        if len(others) != 1:
-            continue  # unused here, or used by sites of two kinds
-        if kinds[name] is constraints.simplex and g_cat[i] is not None and x.dim() >= 1:
-            k = x.shape[-1]
-            if k < 2:
-                continue
-            other = (x.argmax(-1, keepdim=True) + 1) % k
-            total = -neg_total[i].gather(-1, other)
-            counts = x * g_cat[i] + x * total
-            grad_model = g_cat[i]
-            if prior:
-                counts = counts + prior[0]
-                grad_model = grad_model + prior[0] / x
-            if not _close(g, grad_model, g.abs() + grad_model.abs()):
-                continue
+        first = {k: _vjp([u.param for u in uses if u.kind == k], [u.first for u in uses if u.kind == k], xs)
+                 for k in KINDS}
+        second = {k: _vjp([u.param for u in uses if u.kind == k], [u.second for u in uses if u.kind == k], xs)
+                  for k in ("binary", "rate")}
+    out: Dict[str, torch.Tensor] = {}
+    for i, name in enumerate(eligible):
+        (kind,) = selected[name]
+        x = leaves[name].detach()
+        prior = priors.get(name, ())
+        constraint = kinds[name]
+        if constraint is constraints.simplex and kind == "categorical" and x.dim() >= 1 and x.shape[-1] >= 2:
+            counts = first[kind][i] + prior[0] if prior else first[kind][i]
             counts = counts.clamp_min(0)
             new = _normalized(counts, counts.sum(-1, keepdim=True), x)
-        elif kinds[name] is constraints.unit_interval and succ[i] is not None:
-            a, b = succ[i], fail[i]
+        elif constraint is constraints.unit_interval and kind == "binary":
+            a, b = first[kind][i], second[kind][i]
             if prior:
                 a, b = a + prior[0], b + prior[1]
-            inside = (x > 0) & (x < 1)
-            grad_model = torch.where(inside, a / x - b / (1 - x), g)
-            if not _close(g, grad_model, g.abs() + grad_model.abs()):
-                continue
             a, b = a.clamp_min(0), b.clamp_min(0)
             new = _normalized(a, a + b, x)
-        elif kinds[name] is constraints.positive and shape_a[i] is not None and not prior:
-            a, b = shape_a[i], shape_b[i]
-            grad_model = a / x - b
-            if not _close(g, grad_model, g.abs() + (a / x).abs() + b.abs()) or not bool((b > 0).all()):
-                continue
-            new = a.clamp_min(0) / b
-            if not bool((new > 0).all() & torch.isfinite(new).all()):
-                continue
+        elif constraint is constraints.positive and kind == "rate" and not prior:
+            a, b = first[kind][i], second[kind][i]
+            new = a / b if bool((b > 0).all() & (a > 0).all()) else None
         else:
-            continue
-        if new is not None:
+            new = None
+        if new is not None and bool(torch.isfinite(new).all()):
             out[name] = new
     return out
 

@@ -135,7 +135,7 @@ def test_a_stalled_inner_solver_never_ends_a_fit_as_converged(monkeypatch):
     """Where Newton cannot move the parameters, log p(y|θ) stays put: that is no convergence."""
     import pyroem.mstep as mstep
 
-    monkeypatch.setattr(mstep, "maximize", lambda f, xs: None)
+    monkeypatch.setattr(mstep, "maximize", lambda f, xs, first=None: None)
     m, args = _start("zip_regression")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pyroem.MonotonicityWarning)
@@ -168,6 +168,39 @@ def test_probability_used_elsewhere_is_left_to_newton():
     opt = minimize(neg, np.array([0.0]), method="BFGS", options={"gtol": 1e-10})
     assert res.log_likelihood == pytest.approx(-opt.fun, rel=1e-9)
     assert float(res.params["w"][0]) == pytest.approx(expit(opt.x[0]), abs=1e-5)
+
+
+def test_probabilities_through_a_nonlinear_map_are_left_to_newton():
+    """``Categorical(w ** 2)``: the counts do not map back through the square, so ``w`` gets no
+    count update; the fit reaches scipy's optimum all the same."""
+    from pyroem.probability_updates import probability_updates
+
+    y = torch.tensor([-1.9, -2.2, 0.1, 2.1, 1.8, 2.4, 2.0], dtype=torch.float64)
+
+    def model(y):
+        w = pyro.param("w", torch.tensor([0.3, 0.3, 0.4], dtype=y.dtype), constraint=constraints.simplex)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w ** 2))
+            pyro.sample("obs", dist.Normal(torch.tensor([-2.0, 0.0, 2.0], dtype=y.dtype)[z], 0.5), obs=y)
+
+    pyro.clear_param_store()
+    em = pyroem.EM(model)
+    expect = em.e_step(y)
+    start = expect._start
+    assert probability_updates(start.trace, expect.site_weights(), start.values,
+                               {"w": constraints.simplex}) == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pyroem.MonotonicityWarning)
+        res = em.fit(y, max_iter=500, tol=1e-12)
+
+    def neg(a):  # w = softmax(0, a1, a2)
+        w = np.exp(np.r_[0.0, a]) / np.exp(np.r_[0.0, a]).sum()
+        p = w ** 2 / (w ** 2).sum()
+        dens = p[None, :] * np.exp(-0.5 * ((np_(y)[:, None] - np.array([-2.0, 0.0, 2.0])) / 0.5) ** 2)
+        return -np.log(dens.sum(1) / (0.5 * np.sqrt(2 * np.pi))).sum()
+
+    opt = minimize(neg, np.zeros(2), method="BFGS", options={"gtol": 1e-10})
+    assert res.log_likelihood == pytest.approx(-opt.fun, rel=1e-9)
 
 
 # --- SQUAREM ---------------------------------------------------------------------------------
