@@ -1,6 +1,7 @@
 """pyroem: exact expectation-maximization for Pyro models with discrete latent variables."""
 from .checkpoint import Checkpoint, load_checkpoint
 from .compare import Comparison, compare_svi
+from .decoding import Decoding, decode
 from .diagnostics import MonotonicityWarning
 from .em import EM
 from .expectations import Expectations
@@ -12,11 +13,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Checkpoint",
     "Comparison",
+    "Decoding",
     "EM",
     "EMResult",
     "Expectations",
     "MonotonicityWarning",
     "compare_svi",
+    "decode",
     "donate",
     "load_checkpoint",
     "log_likelihood",
