@@ -16,6 +16,9 @@ HELP = "hidden Markov model (Gaussian or categorical emissions) on a CSV, one ti
 COVARIANCE_TYPES = ("diag", "full", "tied", "spherical")
 
 
+N_INIT = 10
+
+
 def add_parser(subparsers, parents) -> None:
     p = subparsers.add_parser(
         "hmm", parents=parents, help=HELP,
@@ -34,8 +37,12 @@ def add_parser(subparsers, parents) -> None:
     p.add_argument("--tol", type=non_negative_float, default=1e-2,
                    help="stop when a step raises the log-likelihood by less (default 1e-2, hmmlearn's)")
     p.add_argument("--seed", type=seed, default=0, help="random seed of the initialization (default 0)")
+    p.add_argument("--n-init", type=positive_int, default=N_INIT,
+                   help=f"fits from this many random starts, the best one kept (default {N_INIT}): "
+                        "one start often ends at a poor local maximum")
     p.add_argument("--out", metavar="PARAMS.json", help="write the fitted parameters as JSON")
-    p.add_argument("--plot", metavar="FIG.png", help="draw the state posterior of the first sequence")
+    p.add_argument("--plot", metavar="FIG.png",
+                   help="draw the first sequence with its Viterbi states and its state posterior")
     p.set_defaults(run=run)
 
 
@@ -65,7 +72,8 @@ def fit(table: Table, args: argparse.Namespace):
     from pyroem.models import CategoricalHMM, GaussianHMM
 
     lengths = _lengths(args.lengths, table.values.shape[0], table.path)
-    common = dict(n_components=args.states, n_iter=args.max_iter, tol=args.tol, random_state=args.seed)
+    common = dict(n_components=args.states, n_iter=args.max_iter, tol=args.tol, random_state=args.seed,
+                  n_init=args.n_init)
     if args.emission == "categorical":
         X = _symbols(table)
         est = CategoricalHMM(**common)
@@ -74,7 +82,7 @@ def fit(table: Table, args: argparse.Namespace):
         if X.shape[0] < args.states:
             raise CliError(f"{table.path}: {X.shape[0]} data row(s), fewer than --states {args.states}")
         est = GaussianHMM(covariance_type=args.covariance, **common)
-    with warnings_as_notes(), fit_progress("hmm", args.max_iter, "Baum-Welch") as verbose:
+    with warnings_as_notes(), fit_progress("hmm", args.max_iter * args.n_init, "Baum-Welch") as verbose:
         est.verbose = verbose
         est.fit(X, lengths)
     return est, X, lengths
@@ -131,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"parameters: {args.out}")
     if args.plot:
         first = X[: int(lengths[0])]
-        fig = plotting.hmm_figure(est.predict_proba(first), paths={"Viterbi path": est.predict(first)},
-                                  title="Posterior state probabilities of the first sequence")
+        states = est.predict(first)
+        fig = plotting.hmm_figure(est.predict_proba(first), paths={"Viterbi path": states},
+                                  title="Posterior state probabilities of the first sequence",
+                                  series=first, series_states=states)
         print(f"figure: {plotting.save_figure(fig, args.plot)}")
     return 0

@@ -108,23 +108,37 @@ def allele_path_figure(freq_history: Sequence[dict], ll_history: Sequence[float]
 
 
 def hmm_figure(posterior: np.ndarray, state_names: Optional[Sequence[str]] = None,
-               paths: Optional[dict] = None, title: str = "HMM posterior state probabilities"):
-    """Stacked posterior ``p(state_t | data)`` ``(T, K)``; below it, state paths such as the
-    Viterbi path or the true states (``{name: states}``), when given."""
+               paths: Optional[dict] = None, title: str = "HMM posterior state probabilities",
+               series: Optional[np.ndarray] = None, series_states: Optional[np.ndarray] = None):
+    """Stacked posterior ``p(state_t | data)`` ``(T, K)``; above it the observed ``series`` (its
+    first column) coloured by ``series_states``, when given, so each state's meaning shows; below
+    it, state paths such as the Viterbi path or the true states (``{name: states}``)."""
     plt = pyplot()
     t_len, k = posterior.shape
     names = list(state_names) if state_names is not None else [f"state {i}" for i in range(k)]
-    rows = 2 if paths else 1
+    top = 1 if series is not None else 0
+    rows = 1 + top + (1 if paths else 0)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.5 + 1.5 * rows), sharex=True, squeeze=False)
-    ax = axes[0, 0]
     t = np.arange(t_len)
+    if series is not None:
+        ax = axes[0, 0]
+        values = np.asarray(series, dtype=float).reshape(t_len, -1)[:, 0]
+        ax.plot(t, values, color="0.75", lw=0.8, zorder=1)
+        labels = np.zeros(t_len, dtype=int) if series_states is None else np.asarray(series_states)
+        for i in range(k):
+            at = labels == i
+            ax.scatter(t[at], values[at], s=9, color=COLOURS[i % len(COLOURS)], label=names[i], zorder=2)
+        ax.set_ylabel("observed")
+        ax.set_title(title.replace("Posterior state probabilities", "Observations by decoded state"))
+        ax.legend(loc="upper right", fontsize=8)
+    ax = axes[top, 0]
     ax.stackplot(t, posterior.T, labels=names, colors=[COLOURS[i % len(COLOURS)] for i in range(k)], alpha=0.6)
     ax.set_ylim(0, 1)
     ax.set_ylabel("posterior")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     if paths:
-        low = axes[1, 0]
+        low = axes[top + 1, 0]
         for i, (label, states) in enumerate(paths.items()):
             offset = 0.08 * (i - (len(paths) - 1) / 2)
             low.step(t, np.asarray(states) + offset, where="mid", lw=1.2, label=label,

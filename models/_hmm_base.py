@@ -143,7 +143,8 @@ class BaseHMM:
     def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0,
                  algorithm: str = "viterbi", random_state=None, n_iter: int = 10, tol: float = 1e-2,
                  verbose: bool = False, params: str = "st", init_params: str = "st",
-                 device=None, dtype: torch.dtype = torch.float64, implementation: str = "auto") -> None:
+                 device=None, dtype: torch.dtype = torch.float64, implementation: str = "auto",
+                 n_init: int = 1) -> None:
         self.n_components = n_components
         self.startprob_prior = startprob_prior
         self.transmat_prior = transmat_prior
@@ -157,6 +158,7 @@ class BaseHMM:
         self.device = device
         self.dtype = dtype
         self.implementation = implementation
+        self.n_init = n_init
 
     # -- subclass hooks ---------------------------------------------------------------
     def _pyro_model(self) -> Callable:
@@ -366,12 +368,43 @@ class BaseHMM:
         """Estimate the parameters by Baum-Welch (EM) from ``X`` (sequences of ``lengths``).
 
         Runs at most ``n_iter`` steps and stops once a step gains less than ``tol`` (hmmlearn's
-        rule); ``monitor_.history`` holds ``log p(X|θ)`` at the start of each step. With a prior
+        rule); ``monitor_.history`` holds ``log p(X|θ)`` at the start of each step. With
+        ``n_init > 1`` the fit is repeated from that many initializations (each with a seed drawn
+        from ``random_state``) and the parameters with the highest ``log p(X|θ)`` are kept. With a prior
         (e.g. GaussianHMM's default ``covars_prior``) the update is a MAP step, which may lower
         ``log p(X|θ)`` slightly; pyroem's monotonicity warning is then not raised.
         """
         self._check_hyper()
+        n_init = check_int(self.n_init, "n_init", 1)
         X, lengths, Xpad, mask = self._prepare(X, lengths, fitting=True)
+        if n_init == 1:
+            self._fit_once(X, lengths, Xpad, mask)
+            return self
+        # several starts, each from its own seed drawn from random_state; the best log p(X|θ) wins
+        attrs = [attr for attr, _ in self._all_params().values()]
+        given = {a: getattr(self, a) for a in attrs if hasattr(self, a)}
+        rs, seed = random_state_of(self.random_state), self.random_state
+        best = None
+        try:
+            for _ in range(n_init):
+                for a in attrs:
+                    if a in given:
+                        setattr(self, a, given[a])
+                    elif hasattr(self, a):
+                        delattr(self, a)
+                self.random_state = int(rs.randint(np.iinfo(np.int32).max))
+                self._fit_once(X, lengths, Xpad, mask)
+                score = self.score(X, lengths)
+                if best is None or score > best[0]:
+                    best = (score, {a: getattr(self, a) for a in attrs}, self.monitor_)
+        finally:
+            self.random_state = seed
+        for a, value in best[1].items():
+            setattr(self, a, value)
+        self.monitor_ = best[2]
+        return self
+
+    def _fit_once(self, X: np.ndarray, lengths: np.ndarray, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
         self._init(X, lengths)
         self._check()
         self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
@@ -382,7 +415,6 @@ class BaseHMM:
                 self._fit_fast(Xpad, mask)
         finally:
             self.monitor_.close()
-        return self
 
     @property
     def history_(self) -> List[float]:

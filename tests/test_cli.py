@@ -211,7 +211,7 @@ def test_gaussian_hmm_matches_hmmlearn(capsys, tmp_path):
     data = write_csv(tmp_path / "seq.csv", X, ["signal"])
     params = tmp_path / "hmm.json"
     code, out, err = run_cli(capsys, "fit", "hmm", data, "--states", "2", "--lengths", "40,30,50",
-                             "--out", params, "--seed", "0")
+                             "--out", params, "--seed", "0", "--n-init", "1")
     assert code == 0, err
     res = json.loads(params.read_text())
     ref = HmmlearnGaussianHMM(n_components=2, n_iter=100, tol=1e-2, random_state=0).fit(X, lengths)
@@ -220,6 +220,44 @@ def test_gaussian_hmm_matches_hmmlearn(capsys, tmp_path):
     np.testing.assert_allclose(res["transmat"], ref.transmat_, atol=1e-5)
     np.testing.assert_allclose(res["covars"], ref.covars_, atol=1e-5)
     assert res["n_iter"] == ref.monitor_.iter
+
+
+def three_regime_series(seed=0):
+    """500 steps of a sticky 3-state chain with means -2, 0, 3 and sd 0.7 (sequences 300 + 200)."""
+    rs = np.random.RandomState(seed)
+    trans = np.array([[0.95, 0.03, 0.02], [0.03, 0.94, 0.03], [0.02, 0.03, 0.95]])
+    z = [0]
+    for _ in range(499):
+        z.append(rs.choice(3, p=trans[z[-1]]))
+    z = np.array(z)
+    return (np.array([-2.0, 0.0, 3.0])[z] + 0.7 * rs.randn(500))[:, None], z
+
+
+def test_hmm_restarts_find_the_regimes_one_start_misses(capsys, tmp_path):
+    X, _ = three_regime_series()
+    data = write_csv(tmp_path / "series.csv", X)
+    fits = {}
+    for n_init in ("1", None):
+        params = tmp_path / f"hmm{n_init}.json"
+        argv = ["fit", "hmm", data, "--states", "3", "--lengths", "300,200", "--out", params]
+        if n_init is not None:
+            argv += ["--n-init", n_init]
+        else:
+            argv += ["--plot", tmp_path / "hmm.png"]
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        fits[n_init] = json.loads(params.read_text())
+    # one start from seed 0 ends at a symmetric point: all three means near the overall mean
+    assert np.ptp(np.asarray(fits["1"]["means"])) < 0.5
+    # the default restarts find the three regimes the data were drawn from
+    best = fits[None]
+    np.testing.assert_allclose(np.sort(np.asarray(best["means"]).ravel()), [-2.0, 0.0, 3.0], atol=0.15)
+    assert best["log_likelihood"] > fits["1"]["log_likelihood"] + 100
+    ref = HmmlearnGaussianHMM(n_components=3, init_params="", params="")
+    ref.startprob_, ref.transmat_ = np.asarray(best["startprob"]), np.asarray(best["transmat"])
+    ref.means_, ref.covars_ = np.asarray(best["means"]), np.asarray(best["covars"])[:, :, 0]
+    assert best["log_likelihood"] == pytest.approx(ref.score(X, [300, 200]), rel=1e-9)
+    assert (tmp_path / "hmm.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 # -- demo, compare, version, console script ------------------------------------------------------

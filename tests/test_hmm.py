@@ -281,3 +281,28 @@ def test_use_before_fit_raises(method):
     with pytest.raises(NotFittedError, match="fit"):
         call()
     assert issubclass(NotFittedError, ValueError)
+
+
+def test_n_init_keeps_the_best_of_several_starts():
+    """Sticky 3-state chain with means -2, 0, 3: the start from seed 0 stalls at a symmetric point,
+    restarts find the regimes; the kept fit is the best, scored independently by hmmlearn."""
+    from hmmlearn.hmm import GaussianHMM as Reference
+
+    rs = np.random.RandomState(0)
+    trans = np.array([[0.95, 0.03, 0.02], [0.03, 0.94, 0.03], [0.02, 0.03, 0.95]])
+    z = [0]
+    for _ in range(499):
+        z.append(rs.choice(3, p=trans[z[-1]]))
+    X = (np.array([-2.0, 0.0, 3.0])[np.array(z)] + 0.7 * rs.randn(500))[:, None]
+    one = GaussianHMM(3, n_iter=100, random_state=0).fit(X, [300, 200])
+    many = GaussianHMM(3, n_iter=100, random_state=0, n_init=5).fit(X, [300, 200])
+    assert np.ptp(one.means_) < 0.5
+    np.testing.assert_allclose(np.sort(many.means_.ravel()), [-2.0, 0.0, 3.0], atol=0.15)
+    ref = Reference(3, init_params="", params="")
+    ref.startprob_, ref.transmat_, ref.means_ = many.startprob_, many.transmat_, many.means_
+    ref.covars_ = np.array([np.diag(c) for c in many.covars_])
+    assert many.score(X, [300, 200]) == pytest.approx(ref.score(X, [300, 200]), rel=1e-10)
+    assert many.score(X, [300, 200]) > one.score(X, [300, 200]) + 100
+    assert many.n_iter_ == len(many.history_)
+    with pytest.raises(ValueError, match="n_init must be an int >= 1"):
+        GaussianHMM(3, n_init=0).fit(X)
