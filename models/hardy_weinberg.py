@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, Hashable, List, Mapping, Sequence, Union
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyro
@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from pyroem import EM, log_likelihood, posterior
+from pyroem.validation import ACCELERATIONS
 
 from ._exceptions import NotFittedError
 from ._hw_inputs import AlleleSystem, build_system, check_counts, check_init
@@ -75,8 +76,10 @@ class HardyWeinberg:
     :param init: start frequencies, ``{allele: freq}`` or a sequence in allele order
         (default: uniform).
     :param mstep: ``"closed-form"`` (allele counting,
-        ``p_i = (2 E[n_ii] + Σ_{j≠i} E[n_ij]) / 2n``) or ``"autograd"`` (pyroem's L-BFGS M-step
-        on the simplex-constrained frequencies).
+        ``p_i = (2 E[n_ii] + Σ_{j≠i} E[n_ij]) / 2n``) or ``"autograd"`` (pyroem's default M-step,
+        Newton's method on the simplex-constrained frequencies).
+    :param accelerate: ``None`` or ``"squarem"`` (see ``pyroem.EM.fit``): fewer iterations on
+        allele systems where EM converges slowly.
     :param max_iter: most EM steps.
     :param tol: stop when ``|Δ log-likelihood| ≤ tol · max(1, |log-likelihood|)``.
     :param dtype: ``torch.float64`` or ``torch.float32``; ``device`` where tensors live.
@@ -90,7 +93,7 @@ class HardyWeinberg:
 
     def __init__(self, alleles: Sequence[str], phenotypes: Mapping[Hashable, Sequence],
                  init=None, mstep: str = "closed-form", max_iter: int = 100, tol: float = 1e-8,
-                 dtype: torch.dtype = torch.float64, device=None) -> None:
+                 dtype: torch.dtype = torch.float64, device=None, accelerate: Optional[str] = None) -> None:
         self.system: AlleleSystem = build_system(alleles, phenotypes)
         self.alleles = list(self.system.alleles)
         self.phenotypes = {ph: list(g) for ph, g in phenotypes.items()}
@@ -100,6 +103,7 @@ class HardyWeinberg:
         self.tol = tol
         self.dtype = dtype
         self.device = device
+        self.accelerate = accelerate
         self._check_hyper()
 
     # -- presets ----------------------------------------------------------------------
@@ -125,6 +129,8 @@ class HardyWeinberg:
         if (isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real)
                 or not math.isfinite(self.tol) or self.tol < 0):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
+        if self.accelerate is not None and self.accelerate not in ACCELERATIONS:
+            raise ValueError(f"accelerate must be None or one of {ACCELERATIONS}, got {self.accelerate!r}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
         check_init(self.init, self.system.alleles)
@@ -169,7 +175,7 @@ class HardyWeinberg:
         with store.scope():
             self._load(start)
             em = EM(self.model, updates=updates, max_plate_nesting=1)
-            res = em.fit(y, max_iter=self.max_iter, tol=self.tol, callback=record)
+            res = em.fit(y, max_iter=self.max_iter, tol=self.tol, callback=record, accelerate=self.accelerate)
             self._summarize(y, res.params["allele_freqs"])
         self.history_ = list(res.history)
         self.log_likelihood_ = float(res.log_likelihood)
@@ -210,4 +216,4 @@ class HardyWeinberg:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(alleles={self.alleles}, phenotypes={self.phenotypes}, "
-                f"mstep={self.mstep!r}, max_iter={self.max_iter}, tol={self.tol})")
+                f"mstep={self.mstep!r}, max_iter={self.max_iter}, tol={self.tol}, accelerate={self.accelerate!r})")

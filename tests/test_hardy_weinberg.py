@@ -285,3 +285,16 @@ def test_bad_options(kwargs, match):
 def test_score_before_fit_raises_not_fitted():
     with pytest.raises(NotFittedError, match="fit"):
         HardyWeinberg.abo().score(ABO)
+
+
+@pytest.mark.parametrize("mstep", ["closed-form", "autograd"])
+def test_squarem_reaches_the_textbook_abo_estimate_in_fewer_steps(mstep):
+    counts = {"A": 186, "B": 38, "AB": 13, "O": 284}
+    plain = HardyWeinberg.abo(mstep=mstep, tol=1e-12, max_iter=500).fit(counts)
+    fast = HardyWeinberg.abo(mstep=mstep, tol=1e-12, max_iter=500, accelerate="squarem").fit(counts)
+    assert fast.allele_freqs_ == pytest.approx({"A": 0.21359, "B": 0.05015, "O": 0.73626}, abs=1e-5)
+    assert fast.log_likelihood_ == pytest.approx(plain.log_likelihood_, rel=1e-12)
+    assert fast.n_iter_ < plain.n_iter_
+    assert all(b >= a - 1e-9 for a, b in zip(fast.history_, fast.history_[1:]))
+    with pytest.raises(ValueError, match="accelerate must be None or one of"):
+        HardyWeinberg.abo(accelerate="aitken")
