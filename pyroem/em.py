@@ -80,15 +80,14 @@ class EM:
         names = self.tracer.names() if self.updates is None else self._autograd_names
         start = None
         if names:
-            start = StartPoint.take(self.tracer, names, lambda values: self.tracer.trace(args, kwargs, values=values))
+            start = StartPoint.take(names, lambda values: self.tracer.trace(args, kwargs, values=values))
             trace = start.trace
         else:
             with torch.no_grad():
                 trace = self.tracer.trace(args, kwargs)
         self.tracer.require_fittable()
         require_observed(trace)
-        expect = Expectations(contract_trace(trace))
-        expect._start = start
+        expect = Expectations(contract_trace(trace), start)
         ll = expect.log_likelihood
         if not bool(torch.isfinite(ll)):
             value = float(ll)
@@ -118,7 +117,7 @@ class EM:
         rest = [n for n in names if n not in new]
         self._autograd_names = tuple(rest)
         if rest:
-            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs), getattr(expect, "_start", None))
+            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs), expect._start)
         else:
             self.autograd_mstep.stationary = True
 
@@ -214,6 +213,7 @@ class EM:
                         and ll < history[-1] - rounding_slack(history[-1], expect.log_likelihood.dtype)):
                     # an exact probability update, unchecked, lowered log p(y|θ) (a parameter also
                     # used in a way its count form missed): redo the step from θₙ, checked
+                    self.autograd_mstep.unverified = False
                     self._restore(good.snapshot)
                     self.autograd_mstep.verify = True
                     self.m_step(self._e_step(args, kwargs, where), *args, **kwargs)

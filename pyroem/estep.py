@@ -272,6 +272,9 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
         return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
     if len(comp.sum_dims) == 1:
         return _contract_one_latent(comp)
+    forest = _contract_forest(comp)
+    if forest is not None:
+        return forest
     tree = OrderedDict()
     for b in comp.blocks:
         tree.setdefault(b.ordinal, []).append(b.tensor)
@@ -293,6 +296,50 @@ def _contract_one_latent(comp: Component) -> torch.Tensor:
         t = align(t, bd, dims)
         total = t if total is None else total + t
     return with_dims(torch.logsumexp(total, dim=0), keep)
+
+
+def _contract_forest(comp: Component) -> Optional[torch.Tensor]:
+    """log Z by eliminating one latent at a time, leaves first, where every latent lives in the
+    component's target plates and no factor touches more than two latents that form no cycle
+    (a ``pyro.markov`` chain, a tree of latents); None for any other structure."""
+    keep = "".join(sorted(comp.target))
+    factors = []
+    home = set()
+    for b in comp.blocks:
+        inner = [i for i, d in enumerate(b.dims) if d not in comp.sum_dims and d not in comp.target]
+        t = b.tensor.sum(inner) if inner else b.tensor
+        dims = "".join(d for d in b.dims if d in comp.sum_dims or d in comp.target)
+        latents = "".join(d for d in dims if d in comp.sum_dims)
+        if len(latents) > 2:
+            return None
+        if b.ordinal == comp.target:
+            home.update(latents)
+        factors.append((latents, align(t, dims, latents + keep)))
+    if home != comp.sum_dims:
+        return None  # a latent inside an inner plate: summing that plate first would be wrong
+    total = None
+    while factors:
+        degree: Dict[str, Set[str]] = {}
+        for latents, _ in factors:
+            for d in latents:
+                degree.setdefault(d, set()).update(x for x in latents if x != d)
+        if not degree:
+            break
+        v = min(degree, key=lambda d: len(degree[d]))
+        if len(degree[v]) > 1:
+            return None  # a cycle
+        touching = [f for f in factors if v in f[0]]
+        factors = [f for f in factors if v not in f[0]]
+        out = next(iter(degree[v]), "")
+        dims = v + out
+        summed = None
+        for latents, t in touching:
+            t = align(t, latents + keep, dims + keep)
+            summed = t if summed is None else summed + t
+        factors.append((out, torch.logsumexp(summed, dim=0)))
+    for latents, t in factors:
+        total = t if total is None else total + t
+    return with_dims(total, keep)
 
 
 @dataclass

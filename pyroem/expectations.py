@@ -1,7 +1,7 @@
 """The ``expect`` object handed to closed-form updates: posterior marginals and joints of latents."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from pyro.ops import packed
@@ -18,8 +18,9 @@ class Expectations:
     ``batch + (K_a, K_b)``; ``log_likelihood`` is ``log p(y | θₙ)``.
     """
 
-    def __init__(self, estep: EStep) -> None:
+    def __init__(self, estep: EStep, start: Optional[object] = None) -> None:
         self._e = estep
+        self._start = start  # the trace with autograd leaves the M-step starts from, if taken
         self._cache: Dict[Tuple[str, ...], torch.Tensor] = {}
 
     @property

@@ -81,7 +81,7 @@ class StartPoint:
     values: Dict[str, torch.Tensor]
 
     @staticmethod
-    def take(tracer, names: Iterable[str], trace_fn) -> "StartPoint":
+    def take(names: Iterable[str], trace_fn) -> "StartPoint":
         """Trace with ``names`` substituted by ``transform(leaf)``; ``trace_fn(values)`` traces."""
         store = pyro.get_param_store()
         leaves = {n: unconstrained(n).detach().clone().requires_grad_() for n in names}
@@ -113,7 +113,7 @@ class AutogradMStep:
         store = pyro.get_param_store()
         kinds = {n: param_constraint(n, store) for n in names}
         if start is None or set(start.leaves) != set(names):
-            start = StartPoint.take(qf.tracer, names, qf.trace)
+            start = StartPoint.take(names, qf.trace)
         exact = probability_updates(start.trace, qf.expect.site_weights(), start.values, kinds)
         new_u = {n: _finite_unconstrained(v, kinds[n]) for n, v in exact.items()}
         rest = [n for n in names if n not in exact]

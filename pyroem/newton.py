@@ -140,26 +140,27 @@ def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
         if not decrement > 0:  # a zero gradient
             stationary = decrement == 0
             break
-        last = decrement <= rounding  # within rounding of the maximum: one last full Newton step
         x0 = _flat([x.detach() for x in xs])
+        if decrement <= rounding:
+            # within rounding of the maximum: the last full Newton step changes f by about
+            # decrement / 2, below what evaluating f again could resolve, so it is taken unseen
+            xs = _unflat(x0 + d, xs)
+            stationary = True
+            break
         t, accepted = 1.0, None
-        for _ in range(1 if last else 40):
+        for _ in range(40):
             if evals >= max_evals:
                 break
             trial = _leaves(_unflat(x0 + t * d, xs))
             out = _evaluate(f, trial)
             evals += 1
-            if out is not None:
-                vt = float(out[0].detach())
-                if vt >= value + 1e-4 * t * decrement or (last and vt >= value - rounding):
-                    accepted = (trial,) + out
-                    break
+            if out is not None and float(out[0].detach()) >= value + 1e-4 * t * decrement:
+                accepted = (trial,) + out
+                break
             t *= 0.5
-        if accepted is not None:
-            xs, q, g = accepted
-        if last or accepted is None:
-            stationary = last
+        if accepted is None:
             break
+        xs, q, g = accepted
     return Outcome([x.detach() for x in xs], float(q.detach()), stationary)
 
 
