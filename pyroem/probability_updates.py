@@ -6,7 +6,8 @@ so ``argmax_p Q = c / Σ c``. A ``unit_interval`` parameter used only as ``Berno
 ``Binomial`` probabilities contributes ``a log p + b log(1 - p)``: ``argmax = a / (a + b)``. A
 ``positive`` parameter used only as ``Poisson`` or ``Exponential`` rates contributes
 ``a log λ - b λ``: ``argmax = a / b``. A ``Dirichlet`` or ``Beta`` prior on a MAP site adds its
-concentrations minus one to the counts.
+concentrations minus one to the counts. ``Normal`` locations (real) and scales (positive) get
+the weighted mean and variance of their observations (see :func:`_normal_updates`).
 
 Which parameters qualify is read off the autograd graph of the trace taken at θₙ (the E-step's
 own): between the parameter and each such site's probabilities only selection ops (indexing,
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 import torch
-from pyro.distributions import Bernoulli, Beta, Binomial, Categorical, Dirichlet, Exponential, Poisson, constraints
+from pyro.distributions import (Bernoulli, Beta, Binomial, Categorical, Dirichlet, Exponential, Normal, Poisson,
+                                constraints)
 from pyro.distributions.torch import Independent
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.trace_struct import Trace
@@ -47,9 +49,11 @@ class _Use:
     """One site whose probabilities or rate depend on the parameters, with its expected counts."""
 
     param: torch.Tensor      # the site's probabilities or rate (a Categorical's: before normalizing)
-    kind: str                # one of KINDS
+    kind: str                # one of KINDS, or "loc" / "scale" of a Normal
     first: torch.Tensor      # expected counts per category; binary: successes; rate: a
     second: torch.Tensor     # binary: failures; rate: b (unused for a Categorical)
+    site: str = ""
+    stats: Optional[Dict[str, torch.Tensor]] = None  # a Normal's weighted residual sums
 
 
 def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
@@ -89,10 +93,36 @@ def _raw_categorical(p: torch.Tensor) -> Optional[Tuple[torch.Tensor, object]]:
     return node._saved_self, node
 
 
-def _use(site: dict, weights: Mapping[str, torch.Tensor]) -> Optional[_Use]:
-    """The site's probabilities or rate, where they depend on the parameters, with its counts."""
+def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) -> List[_Use]:
+    """A ``Normal`` site's loc and scale, where they depend on the parameters, with the weighted
+    sums of its residuals ``d = y - loc`` at θₙ: Σ w, Σ w d, Σ w d², Σ w d / s², Σ w / s²."""
+    loc, scale = fn.loc, fn.scale
+    d = value.to(loc.dtype) - loc.detach()
+    s2 = scale.detach() ** 2
+    full = _broadcast_shape(w.shape, d.shape, s2.shape)
+    w, d, s2 = w.expand(full), d.expand(full), s2.expand(full)
+    out = []
+    if loc.requires_grad:
+        stats = {"w": w, "wd": w * d, "wd2": w * d * d, "wd_s2": w * d / s2, "w_s2": w / s2}
+        out.append(_Use(loc, "loc", w, w, name, {k: v.sum_to_size(loc.shape) for k, v in stats.items()}))
+    if scale.requires_grad:
+        stats = {"w": w, "wd2": w * d * d}
+        out.append(_Use(scale, "scale", w, w, name, {k: v.sum_to_size(scale.shape) for k, v in stats.items()}))
+    return out
+
+
+def _use(site: dict, weights: Mapping[str, torch.Tensor]) -> List[_Use]:
+    """The site's probabilities, rate or Normal parameters, where they depend on the parameters,
+    with its counts."""
     fn, w = _unwrap(site["fn"], site_weight(site, weights).detach())
     value = site["value"]
+    if isinstance(fn, Normal) and (fn.loc.requires_grad or fn.scale.requires_grad):
+        return _normal_uses(fn, w, value, site["name"])
+    one = _count_use(fn, w, value)
+    return [] if one is None else [one]
+
+
+def _count_use(fn, w: torch.Tensor, value: torch.Tensor) -> Optional[_Use]:
     if isinstance(fn, Categorical) and "probs" in fn.__dict__ and fn.probs.requires_grad:
         p = fn.probs
         found = _raw_categorical(p)
@@ -186,7 +216,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
                         kinds: Mapping[str, constraints.Constraint]) -> Dict[str, torch.Tensor]:
     """Closed-form maximizers of Q for the parameters among ``leaves`` (constrained values that
     are autograd leaves of ``trace``) that qualify; see the module docstring."""
-    supported = (constraints.simplex, constraints.unit_interval, constraints.positive)
+    supported = (constraints.simplex, constraints.unit_interval, constraints.positive, constraints.real)
     names = [n for n, c in kinds.items() if n in leaves and any(c is k for k in supported)]
     if not names:
         return {}
@@ -197,8 +227,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
     count_sites: Set[str] = set()
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not is_subsample_site(site) and not is_map_site(site):
-            use = _use(site, weights)
-            if use is not None:
+            for use in _use(site, weights):
                 uses.append(use)
                 entries.append(use.param.grad_fn)
                 count_sites.add(name)
@@ -208,6 +237,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
     selected: Dict[str, Set[str]] = {}
     tainted: Set[str] = set()
     seen: Set[tuple] = set()
+    use_selects: List[Set[str]] = []
     for use, entry in zip(uses, entries):
         if id(use.param) in leaf_ids:  # the site was handed the parameter itself
             sel = {leaf_ids[id(use.param)]}
@@ -220,6 +250,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
                 tainted |= sel
         for name in sel:
             selected.setdefault(name, set()).add(use.kind)
+        use_selects.append(set(sel))
     seen = set()
     priors: Dict[str, Tuple[torch.Tensor, ...]] = {}
     for name, site in trace.nodes.items():
@@ -237,8 +268,11 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
         elif isinstance(lp, torch.Tensor) and id(lp) in leaf_ids:
             tainted.add(leaf_ids[id(lp)])
     eligible = [n for n in names if n not in tainted and len(selected.get(n, ())) == 1]
+    normal = _normal_updates([n for n in eligible if selected[n] & {"loc", "scale"}], uses, use_selects,
+                             leaves, kinds, priors)
+    eligible = [n for n in eligible if not selected[n] & {"loc", "scale"}]
     if not eligible:
-        return {}
+        return normal
     xs = [leaves[n] for n in eligible]
     with torch.no_grad():
         first = {k: _vjp([u.param for u in uses if u.kind == k], [u.first for u in uses if u.kind == k], xs)
@@ -268,7 +302,112 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
             new = None
         if new is not None and bool(torch.isfinite(new).all()):
             out[name] = new
+    out.update(normal)
     return out
+
+
+def _normal_updates(names: List[str], uses: List[_Use], use_selects: List[Set[str]],
+                    leaves: Dict[str, torch.Tensor], kinds: Mapping[str, constraints.Constraint],
+                    priors: Mapping[str, tuple]) -> Dict[str, torch.Tensor]:
+    """Exact maximizers for ``Normal`` locations (real params) and scales (positive params):
+
+    - a location whose sites have a fixed scale: ``μ = μₙ + Σ w d / s² / Σ w / s²``;
+    - a scale whose sites have a fixed location: ``σ² = Σ w d² / Σ w``;
+    - a location and a scale selected by the same map at every site: both at once,
+      ``μ = μₙ + Σ w d / Σ w`` and ``σ² = Σ w d² / Σ w - (Σ w d / Σ w)²``.
+    """
+    if not names:
+        return {}
+    loc_uses = [(u, sel) for u, sel in zip(uses, use_selects) if u.kind == "loc"]
+    scale_uses = [(u, sel) for u, sel in zip(uses, use_selects) if u.kind == "scale"]
+    scale_at = {u.site: (u, sel) for u, sel in scale_uses}
+    loc_at = {u.site: (u, sel) for u, sel in loc_uses}
+    plan: Dict[str, Tuple[str, Optional[str]]] = {}  # name -> (case, partner)
+    for name in names:
+        if name in priors or name in plan:
+            continue
+        if kinds[name] is constraints.real:
+            mine = [(u, sel) for u, sel in loc_uses if name in sel]
+            if all(u.site not in scale_at for u, _ in mine):
+                plan[name] = ("loc", None)
+                continue
+            partners = {frozenset(scale_at[u.site][1]) for u, _ in mine if u.site in scale_at}
+            if len(partners) != 1 or any(u.site not in scale_at for u, _ in mine):
+                continue
+            (partner,) = partners
+            if len(partner) != 1:
+                continue
+            (other,) = partner
+            if (other not in names or kinds[other] is not constraints.positive or other in priors
+                    or leaves[other].shape != leaves[name].shape):
+                continue
+            theirs = [(u, sel) for u, sel in scale_uses if other in sel]
+            if {u.site for u, _ in theirs} != {u.site for u, _ in mine}:
+                continue
+            if _same_selection([u for u, _ in mine], [scale_at[u.site][0] for u, _ in mine],
+                               leaves[name], leaves[other]):
+                plan[name] = ("both", other)
+                plan[other] = ("both", name)
+        elif kinds[name] is constraints.positive:
+            mine = [(u, sel) for u, sel in scale_uses if name in sel]
+            if mine and all(u.site not in loc_at for u, _ in mine):
+                plan[name] = ("scale", None)
+    if not plan:
+        return {}
+    xs = [leaves[n] for n in plan]
+    with torch.no_grad():
+        def vjp(group, key):
+            return dict(zip(plan, _vjp([u.param for u, _ in group], [u.stats[key] for u, _ in group], xs)))
+        loc_w, loc_wd, loc_wd2 = vjp(loc_uses, "w"), vjp(loc_uses, "wd"), vjp(loc_uses, "wd2")
+        loc_wd_s2, loc_w_s2 = vjp(loc_uses, "wd_s2"), vjp(loc_uses, "w_s2")
+        scale_w, scale_wd2 = vjp(scale_uses, "w"), vjp(scale_uses, "wd2")
+    out: Dict[str, torch.Tensor] = {}
+    tiny = torch.finfo(xs[0].dtype).tiny
+    for name, (case, partner) in plan.items():
+        x = leaves[name].detach()
+        if case == "loc":
+            a, b = loc_wd_s2[name], loc_w_s2[name]
+            if a is None or b is None:
+                continue
+            new = torch.where(b > tiny, x + a / b.clamp_min(tiny), x)
+        elif case == "scale":
+            a, b = scale_wd2[name], scale_w[name]
+            if a is None or b is None:
+                continue
+            new = torch.where(b > tiny, (a / b.clamp_min(tiny)).sqrt(), x)
+        elif kinds[name] is constraints.real:
+            n, m1 = loc_w[name], loc_wd[name]
+            if n is None or m1 is None:
+                continue
+            new = torch.where(n > tiny, x + m1 / n.clamp_min(tiny), x)
+        else:
+            n, m1, m2 = loc_w[partner], loc_wd[partner], loc_wd2[partner]
+            if n is None or m1 is None or m2 is None:
+                continue
+            mean = m1 / n.clamp_min(tiny)
+            new = torch.where(n > tiny, (m2 / n.clamp_min(tiny) - mean * mean).clamp_min(0).sqrt(), x)
+        if bool(torch.isfinite(new).all()) and (kinds[name] is not constraints.positive or bool((new > 0).all())):
+            out[name] = new
+    if any(plan[n][0] == "both" and (n not in out or plan[n][1] not in out) for n in plan):
+        for n in [n for n in plan if plan[n][0] == "both"]:
+            out.pop(n, None)  # a location and its scale are updated together or not at all
+    return out
+
+
+def _same_selection(locs: List[_Use], scales: List[_Use], loc_leaf: torch.Tensor,
+                    scale_leaf: torch.Tensor) -> bool:
+    """Whether each site's locations and scales select the same entries of their two parameters:
+    one random cotangent mapped back through both gives the same result only then."""
+    if any(a.param.shape != b.param.shape for a, b in zip(locs, scales)):
+        return False
+    g = torch.Generator(device="cpu").manual_seed(0)
+    r = [torch.rand(a.param.shape, generator=g, dtype=a.param.dtype).to(a.param.device) for a in locs]
+    with torch.no_grad():
+        (via_loc,) = _vjp([a.param for a in locs], r, [loc_leaf])
+        (via_scale,) = _vjp([b.param for b in scales], r, [scale_leaf])
+    if via_loc is None or via_scale is None:
+        return False
+    return bool(torch.allclose(via_loc, via_scale, rtol=1e-6, atol=0.0))
 
 
 def _normalized(counts: torch.Tensor, total: torch.Tensor, old: torch.Tensor) -> Optional[torch.Tensor]:

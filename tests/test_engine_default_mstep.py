@@ -203,6 +203,57 @@ def test_probabilities_through_a_nonlinear_map_are_left_to_newton():
     assert res.log_likelihood == pytest.approx(-opt.fun, rel=1e-9)
 
 
+@pytest.mark.parametrize("scale_kind, exact", [
+    ("per_component", {"w", "loc", "scale"}),   # loc and scale selected alike: both at once
+    ("shared", {"w"}),                          # one scale for all components: left to Newton
+    ("fixed", {"w", "loc"}),                    # a constant scale: the location alone
+])
+def test_which_normal_parameters_get_exact_updates(scale_kind, exact):
+    from pyroem.probability_updates import probability_updates
+
+    y = torch.tensor([-2.1, -1.7, -2.4, 1.9, 2.2, 2.6, 0.3], dtype=torch.float64)
+
+    def model(y):
+        w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
+        if scale_kind == "fixed":
+            scale = torch.tensor([0.8, 1.2], dtype=y.dtype)
+        else:
+            shape = (2,) if scale_kind == "per_component" else ()
+            scale = pyro.param("scale", torch.ones(shape, dtype=y.dtype), constraint=constraints.positive)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            s = scale[z] if scale.dim() else scale
+            pyro.sample("obs", dist.Normal(loc[z], s), obs=y)
+
+    pyro.clear_param_store()
+    em = pyroem.EM(model)
+    expect = em.e_step(y)
+    start = expect._start
+    kinds = {n: pyro.get_param_store().get_state()["constraints"][n] for n in start.values}
+    got = probability_updates(start.trace, expect.site_weights(), start.values, kinds)
+    assert set(got) == exact
+    # whichever path each parameter takes, the fit climbs to scipy's optimum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pyroem.MonotonicityWarning)
+        res = em.fit(y, max_iter=1000, tol=1e-13)
+    assert_monotone(res.history)
+    fixed = np.array([0.8, 1.2])
+
+    def neg(x):  # logit w0, loc0, loc1, then log scale(s)
+        w0 = expit(x[0])
+        sd = fixed if scale_kind == "fixed" else np.exp(x[3:]) * np.ones(2)
+        lj = np.log([w0, 1 - w0])[None, :] - 0.5 * ((np_(y)[:, None] - x[1:3]) / sd) ** 2 - np.log(sd * np.sqrt(2 * np.pi))
+        return -np.logaddexp.reduce(lj, axis=1).sum()
+
+    n_scale = {"per_component": 2, "shared": 1, "fixed": 0}[scale_kind]
+    p = res.params
+    x0 = np.r_[np.log(float(p["w"][0]) / float(p["w"][1])), np_(p["loc"]),
+               np.log(np_(p["scale"])).reshape(-1) if n_scale else []] + 0.01
+    opt = minimize(neg, x0, method="BFGS", options={"gtol": 1e-10})
+    assert res.log_likelihood == pytest.approx(-opt.fun, rel=1e-9)
+
+
 # --- SQUAREM ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("closed_form", [False, True], ids=["autograd", "closed_form"])
 @pytest.mark.parametrize("name", ["dawid_skene", "latent_class", "zip_regression"])
