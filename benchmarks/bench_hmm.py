@@ -9,7 +9,11 @@ that both computed the same steps.
 Cases: GaussianHMM (diag, K=8, D=2) and CategoricalHMM (K=8, 6 symbols), each on
 (a) one long sequence, T = 100 000, and (b) 1 000 sequences of T = 100.
 pyroem runs with ``implementation="log"`` (forward recursion, sequential in time) and
-``implementation="scan"`` (parallel in time).
+``implementation="scan"`` (parallel in time); on the short sequences also with
+``implementation="engine"`` (the estimator's Pyro model and updates through ``pyroem.EM``) and as
+"Pyro model, default EM": the same HMM written by a user with ``pyro.markov`` and fitted by
+``pyroem.EM(model).fit`` without updates (maximum likelihood: no covariance prior, so its
+log-likelihood differs a little from hmmlearn's MAP-regularized one).
 
     python benchmarks/bench_hmm.py --threads 1 --steps 5 --markdown
 """
@@ -75,7 +79,10 @@ def make_data(kind: str, n_total: int, seed: int = 0):
     return X, init
 
 
-def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, implementation: str = "log"):
+def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, implementation: str = "log",
+          shape=None):
+    if lib == "user":
+        return UserHMM(kind, init, steps, *shape)
     kw = dict(n_components=K, n_iter=steps, tol=-np.inf, init_params="")
     if lib == "hmmlearn":
         model = (hmmlearn_hmm.GaussianHMM(covariance_type="diag", **kw) if kind == "gaussian"
@@ -87,6 +94,71 @@ def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, imple
     for name, value in init.items():
         setattr(model, name, np.array(value, copy=True))
     return model
+
+
+def user_model(kind: str, n_seq: int, t_len: int):
+    """The HMM as a user writes it: a sequences plate, ``pyro.markov`` over time."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.distributions import constraints
+
+    def model(X):
+        dt = torch.float64
+        pi = pyro.param("pi", torch.ones(K, dtype=dt) / K, constraint=constraints.simplex)
+        A = pyro.param("A", torch.ones(K, K, dtype=dt) / K, constraint=constraints.simplex)
+        if kind == "gaussian":
+            loc = pyro.param("loc", torch.zeros(K, D, dtype=dt))
+            scale = pyro.param("scale", torch.ones(K, D, dtype=dt), constraint=constraints.positive)
+        else:
+            emit = pyro.param("emit", torch.ones(K, F, dtype=dt) / F, constraint=constraints.simplex)
+        with pyro.plate("sequences", n_seq):
+            x = None
+            for t in pyro.markov(range(t_len)):
+                x = pyro.sample(f"x_{t}", dist.Categorical(pi if x is None else A[x]))
+                if kind == "gaussian":
+                    pyro.sample(f"y_{t}", dist.Normal(loc[x], scale[x]).to_event(1), obs=X[:, t])
+                else:
+                    pyro.sample(f"y_{t}", dist.Categorical(emit[x]), obs=X[:, t])
+
+    return model
+
+
+class UserHMM:
+    """``fit``/``score`` around ``pyroem.EM(model)`` on the user-written HMM, starting from ``init``."""
+
+    def __init__(self, kind: str, init: dict, steps: int, n_seq: int, t_len: int):
+        self.kind, self.init, self.steps, self.shape = kind, init, steps, (n_seq, t_len)
+        self.model = user_model(kind, n_seq, t_len)
+
+    def _data(self, X):
+        X = np.asarray(X).reshape(self.shape + ((D,) if self.kind == "gaussian" else ()))
+        return torch.as_tensor(X, dtype=torch.float64 if self.kind == "gaussian" else torch.long)
+
+    def _load(self):
+        import pyro
+        from pyro.distributions import constraints
+
+        pyro.clear_param_store()
+        t = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float64)  # noqa: E731
+        pyro.param("pi", t(self.init["startprob_"]), constraint=constraints.simplex)
+        pyro.param("A", t(self.init["transmat_"]), constraint=constraints.simplex)
+        if self.kind == "gaussian":
+            pyro.param("loc", t(self.init["means_"]))
+            pyro.param("scale", t(np.sqrt(self.init["covars_"])), constraint=constraints.positive)
+        else:
+            pyro.param("emit", t(self.init["emissionprob_"]), constraint=constraints.simplex)
+
+    def fit(self, X, lengths):
+        import pyroem
+
+        self._load()
+        self.result = pyroem.EM(self.model).fit(self._data(X), max_iter=self.steps, tol=0.0)
+        return self
+
+    def score(self, X, lengths):
+        import pyroem
+
+        return float(pyroem.log_likelihood(self.model, self._data(X)).detach())
 
 
 def time_fit(model, X, lengths, steps: int):
@@ -109,12 +181,14 @@ def run_case(kind: str, shape: str, args, dtype: torch.dtype):
     contenders = [("hmmlearn", "", args.steps), ("pyroem", "log", args.steps), ("pyroem", "scan", args.steps)]
     if shape == "long":
         contenders[1] = ("pyroem", "log", args.long_forward_steps)
+    else:
+        contenders += [("pyroem", "engine", args.steps), ("user", "", args.steps)]
     contenders = [c for c in contenders if c[2] > 0]
     times = {c[:2]: [] for c in contenders}
     final = {}
     for _ in range(args.rounds):
         for lib, impl, steps in contenders:
-            model = build(lib, kind, init, steps, dtype, impl or "log")
+            model = build(lib, kind, init, steps, dtype, impl or "log", (args.n_seq, args.t_short))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ms, ll = time_fit(model, X, lengths, steps)
@@ -130,8 +204,8 @@ def run_case(kind: str, shape: str, args, dtype: torch.dtype):
             ref_ll[steps] = time_fit(build("hmmlearn", kind, init, steps, dtype), X, lengths, steps)[1]
         agree = "" if lib == "hmmlearn" else f"{abs(ll - ref_ll[steps]) / abs(ref_ll[steps]):.1e}"
         sizes = f"1 x T={len(X)}" if shape == "long" else f"{args.n_seq} x T={args.t_short}"
-        rows.append(dict(case=f"{kind}, {sizes}",
-                         lib=lib if lib == "hmmlearn" else f"pyroem {impl}", steps=steps, ms=ms,
+        name = {"hmmlearn": "hmmlearn", "user": "Pyro model, default EM"}.get(lib, f"pyroem {impl}")
+        rows.append(dict(case=f"{kind}, {sizes}", lib=name, steps=steps, ms=ms,
                          ratio=ms / ref_ms, ll=ll, agree=agree))
     return rows
 
