@@ -270,8 +270,6 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
         else:  # the E-step: one backward pass for the posteriors, never a second derivative
             out = _LogSumExp.apply(b.tensor, sum_at, b.scratch, *b.addends)
         return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
-    if len(comp.sum_dims) == 1:
-        return _contract_one_latent(comp)
     forest = _contract_forest(comp)
     if forest is not None:
         return forest
@@ -281,27 +279,12 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
     return contract_to_tensor(tree, set(comp.sum_dims), comp.target, ring=LogRing(dim_to_size=dim_size))
 
 
-def _contract_one_latent(comp: Component) -> torch.Tensor:
-    """log Z of a component with a single latent (a mixture whose observations may sit in
-    plates inside the latent's, as items rated by several annotators): each block summed over
-    its inner plates (a product of factors), the blocks added, the latent summed out."""
-    (sym,) = comp.sum_dims
-    keep = "".join(sorted(comp.target))
-    dims = sym + keep
-    total = None
-    for b in comp.blocks:
-        inner = [i for i, d in enumerate(b.dims) if d != sym and d not in comp.target]
-        t, bd = (b.tensor.sum(inner), "".join(d for d in b.dims if d != sym and d in comp.target or d == sym)) \
-            if inner else (b.tensor, b.dims)
-        t = align(t, bd, dims)
-        total = t if total is None else total + t
-    return with_dims(torch.logsumexp(total, dim=0), keep)
-
-
 def _contract_forest(comp: Component) -> Optional[torch.Tensor]:
     """log Z by eliminating one latent at a time, leaves first, where every latent lives in the
     component's target plates and no factor touches more than two latents that form no cycle
-    (a ``pyro.markov`` chain, a tree of latents); None for any other structure."""
+    (a single latent with observations in inner plates, a ``pyro.markov`` chain, a tree of
+    latents): each block summed over its inner plates (a product of factors) first. None for
+    any other structure."""
     keep = "".join(sorted(comp.target))
     factors = []
     home = set()
