@@ -90,28 +90,33 @@ def make_hmm(init=HMM_INIT):
     return model
 
 
-def hmm_forward_backward(y, pi, trans, loc, scale):
-    """Scaled forward-backward. Returns log p(y), gamma (T, K), xi (T-1, K, K)."""
-    y, pi, A, loc, scale = map(np_, (y, pi, trans, loc, scale))
-    T, K = len(y), len(pi)
-    e = norm.pdf(y[:, None], loc[None, :], scale[None, :])
+def forward_backward_np(start, trans, e):
+    """Scaled forward-backward (Rabiner) of one sequence with emission likelihoods ``e`` (T, K).
+    Returns log p(y), gamma (T, K), xi (T-1, K, K)."""
+    T, K = e.shape
     alpha = np.zeros((T, K))
     c = np.zeros(T)
-    a = pi * e[0]
+    a = start * e[0]
     c[0] = a.sum()
     alpha[0] = a / c[0]
     for t in range(1, T):
-        a = (alpha[t - 1] @ A) * e[t]
+        a = (alpha[t - 1] @ trans) * e[t]
         c[t] = a.sum()
         alpha[t] = a / c[t]
     beta = np.ones((T, K))
     for t in range(T - 2, -1, -1):
-        beta[t] = A @ (e[t + 1] * beta[t + 1]) / c[t + 1]
+        beta[t] = trans @ (e[t + 1] * beta[t + 1]) / c[t + 1]
     gamma = alpha * beta
     xi = np.zeros((T - 1, K, K))
     for t in range(T - 1):
-        xi[t] = alpha[t][:, None] * A * (e[t + 1] * beta[t + 1])[None, :] / c[t + 1]
+        xi[t] = alpha[t][:, None] * trans * (e[t + 1] * beta[t + 1])[None, :] / c[t + 1]
     return float(np.log(c).sum()), gamma, xi
+
+
+def hmm_forward_backward(y, pi, trans, loc, scale):
+    """Forward-backward of the Gaussian HMM. Returns log p(y), gamma (T, K), xi (T-1, K, K)."""
+    y, pi, A, loc, scale = map(np_, (y, pi, trans, loc, scale))
+    return forward_backward_np(pi, A, norm.pdf(y[:, None], loc[None, :], scale[None, :]))
 
 
 # --- nested plates, a in the outer plate, b -> c in the inner plate -------------------------

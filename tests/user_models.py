@@ -32,6 +32,8 @@ from scipy.optimize import minimize
 from scipy.special import expit, gammaln, logsumexp, logit
 from scipy.stats import lognorm, norm, poisson
 
+from engine_models import forward_backward_np
+
 
 def np_(t) -> np.ndarray:
     return t.detach().cpu().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=float)
@@ -285,25 +287,9 @@ def hmm_model_1_updates(expect, sequences, lengths, hidden_dim: int = HMM_HIDDEN
 
 
 def _hmm_forward_backward_np(px, py, seq):
-    """Scaled forward-backward of one sequence (L, D) from x_{-1} = 0: log p, gamma (L, H), xi (L-1, H, H)."""
-    L = len(seq)
+    """Forward-backward of one sequence (L, D) from x_{-1} = 0: log p, gamma (L, H), xi (L-1, H, H)."""
     e = np.exp(seq @ np.log(py).T + (1 - seq) @ np.log1p(-py).T)  # (L, H)
-    H = px.shape[0]
-    alpha, c = np.zeros((L, H)), np.zeros(L)
-    a = px[0] * e[0]
-    c[0] = a.sum()
-    alpha[0] = a / c[0]
-    for t in range(1, L):
-        a = (alpha[t - 1] @ px) * e[t]
-        c[t] = a.sum()
-        alpha[t] = a / c[t]
-    beta = np.ones((L, H))
-    for t in range(L - 2, -1, -1):
-        beta[t] = px @ (e[t + 1] * beta[t + 1]) / c[t + 1]
-    gamma = alpha * beta
-    xi = np.stack([alpha[t][:, None] * px * (e[t + 1] * beta[t + 1])[None, :] / c[t + 1] for t in range(L - 1)]) \
-        if L > 1 else np.zeros((0, H, H))
-    return float(np.log(c).sum()), gamma, xi
+    return forward_backward_np(px[0], px, e)
 
 
 def hmm_model_1_loglik_np(params, sequences, lengths) -> float:
