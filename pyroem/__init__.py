@@ -6,6 +6,7 @@ from .diagnostics import MonotonicityWarning
 from .em import EM
 from .expectations import Expectations
 from .functional import log_likelihood, posterior
+from .markov import vectorized_markov
 from .results import EMResult
 from .scratch import donate
 
@@ -24,4 +25,5 @@ __all__ = [
     "load_checkpoint",
     "log_likelihood",
     "posterior",
+    "vectorized_markov",
 ]

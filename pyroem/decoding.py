@@ -13,7 +13,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import infer_discrete
 
-from .handlers import LatentPolicy, is_subsample_site
+from .handlers import LatentPolicy, is_unscored
 from .model_trace import ModelTracer, compute_log_prob
 from .validation import check_model, require_observed
 
@@ -54,7 +54,7 @@ def decode(model: Callable, *args, **kwargs) -> Decoding:
         compute_log_prob(trace)
         total = 0.0
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or is_subsample_site(site):
+            if site["type"] != "sample" or is_unscored(site):
                 continue
             if name in values:
                 scale = site["scale"]

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import torch
 
-from .handlers import is_map_site, is_subsample_site
+from .handlers import is_map_site, is_unscored
 
 
 class MonotonicityWarning(UserWarning):
@@ -48,7 +48,7 @@ def explain_nonfinite(value: float, trace, params: Mapping[str, torch.Tensor]) -
         return f"the parameter(s) {_sites(bad_params)} are not finite"
     bad_data, nan_sites, pos_sites, neg_sites = [], [], [], []
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or is_subsample_site(site):
+        if site["type"] != "sample" or is_unscored(site):
             continue
         v = site["value"]
         if (site["is_observed"] and not is_map_site(site) and torch.is_tensor(v)

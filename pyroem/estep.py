@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Union
 
 import torch
 from pyro.ops import packed
@@ -18,8 +18,9 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.trace_struct import Trace
 
-from .handlers import is_enumerated_site, is_subsample_site
-from .packing import align, dims_of, reduce_to, sizes, with_dims
+from .chain_kernels import chain_log_partition
+from .handlers import MarkovChain, is_enumerated_site, is_subsample_site, is_unscored
+from .packing import align, dims_of, sizes, with_dims
 from .scratch import is_donated
 
 Scale = Union[float, torch.Tensor]
@@ -49,6 +50,7 @@ class Block:
     # inside the logsumexp, so the sum is never written out as a tensor of its own
     addends: List[torch.Tensor] = field(default_factory=list)
     scratch: bool = False  # ``tensor``'s memory is the E-step's to overwrite
+    probe: bool = False  # zeros, there only for its gradient (a posterior at full resolution)
 
     def materialize(self) -> None:
         """Fold the deferred ``addends`` into ``tensor``."""
@@ -90,8 +92,9 @@ def _same_scale(a: Scale, b: Scale) -> bool:
     return False
 
 
-def _components(factors: List[Factor], sum_dims: Set[str]) -> List[Component]:
-    """Partition factors into groups connected by shared enumerated dims (union-find)."""
+def _components(factors: List[Factor], sum_dims: Set[str], links=()) -> List[Component]:
+    """Partition factors into groups connected by shared enumerated dims (union-find); ``links``
+    are pairs of dims that are one variable (a chain's first state and its shifted copy)."""
     parent: Dict[str, str] = {d: d for d in sum_dims}
 
     def find(d: str) -> str:
@@ -104,6 +107,8 @@ def _components(factors: List[Factor], sum_dims: Set[str]) -> List[Component]:
         ds = [d for d in dims_of(f.tensor) if d in sum_dims]
         for d in ds[1:]:
             parent[find(d)] = find(ds[0])
+    for a, b in links:
+        parent[find(b)] = find(a)
     groups: Dict[str, List[Factor]] = OrderedDict()
     for f in factors:
         root = find(next(d for d in dims_of(f.tensor) if d in sum_dims))
@@ -174,7 +179,7 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
         if not any(b.ordinal == f.ordinal and needed <= set(b.dims) for b in comp.blocks):
             pdims = "".join(sorted(needed))
             t = f.tensor.new_zeros([dim_size[d] for d in pdims])
-            comp.blocks.append(Block(pdims, f.ordinal, t))
+            comp.blocks.append(Block(pdims, f.ordinal, t, probe=True))
 
 
 # Elements per piece of the blocked logsumexp: its passes over a piece stay in cache.
@@ -256,12 +261,17 @@ def _single_leaf(comp: Component) -> bool:
     return len(comp.blocks) == 1 and comp.blocks[0].ordinal == comp.target
 
 
-def _contract_component(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> torch.Tensor:
+def _contract_component(comp: Component, dim_size: Dict[str, int], differentiable: bool = True,
+                        chains: Sequence[ChainDims] = ()) -> torch.Tensor:
     """log Z of one component over its target plates (Pyro's plated sum-product contraction).
 
     A component that is a single leaf already in its target plates (a mixture: prior and
-    likelihood summed into one block) needs only a logsumexp over its latent dims.
+    likelihood summed into one block) needs only a logsumexp over its latent dims; one that
+    holds a vectorized Markov chain is eliminated along time (:func:`_contract_chain`).
     """
+    chain = next((c for c in chains if c.shifted[0] in comp.sum_dims), None)
+    if chain is not None:
+        return _contract_chain(comp, chain, dim_size, differentiable)
     if _single_leaf(comp):
         b = comp.blocks[0]
         sum_at = [i for i, d in enumerate(b.dims) if d in comp.sum_dims]
@@ -325,6 +335,125 @@ def _contract_forest(comp: Component) -> Optional[torch.Tensor]:
     return with_dims(total, keep)
 
 
+class ChainDims(NamedTuple):
+    """A vectorized chain's enumerated variables as packed dims: the first state of each
+    (``first``), its copy one step back (``shifted``) and the current state (``current``), in
+    the same variable order, and the symbol of its time plate."""
+
+    name: str
+    time: str
+    first: str
+    shifted: str
+    current: str
+    sites: tuple  # the current-state site of each variable, for messages
+
+
+def _chain_dims(trace: Trace, chains: Dict[str, MarkovChain], enum_symbols: Dict[str, str]) -> List[ChainDims]:
+    """The enumerated variables of each vectorized chain. A variable is found by its shifted
+    copies (unscored enumerated sites named ``f"{variable}{suffix}"``), so chains traced by
+    pyro.contrib.funsor's handler, which names its variables only under funsor's own
+    enumeration, are read the same way."""
+    shifted = {name for name in enum_symbols if trace.nodes[name]["infer"].get("_do_not_score")}
+    out, covered = [], set()
+    for chain in chains.values():
+        lags = [str(s) for s in chain.suffixes[chain.history:-1]]
+        variables = set(chain.variables)
+        for name in shifted:
+            for lag in lags:
+                if name.endswith(lag):
+                    variables.add(name[: -len(lag)])
+        variables = sorted(v for v in variables if chain.sites(v)[-1] in enum_symbols)
+        if not variables:
+            continue
+        covered.update(s for v in variables for s in chain.sites(v)[chain.history:-1])
+        if chain.history != 1:
+            raise ValueError(
+                f"the vectorized Markov chain '{chain.name}' has history={chain.history}; pyroem's "
+                "E-step eliminates vectorized chains of history 1. Write it as "
+                f"`for t in pyro.markov(range(T), history={chain.history})`, which the engine contracts exactly")
+        sites = [chain.sites(v) for v in variables]
+        missing = [s for triple in sites for s in triple if s not in enum_symbols]
+        if missing:
+            raise ValueError(f"the vectorized Markov chain '{chain.name}': site '{missing[0]}' is not an "
+                             "enumerated latent, but its later copies are")
+        out.append(ChainDims(chain.name, trace.plate_to_symbol[chain.name],
+                             "".join(enum_symbols[s[0]] for s in sites),
+                             "".join(enum_symbols[s[1]] for s in sites),
+                             "".join(enum_symbols[s[2]] for s in sites),
+                             tuple(s[2] for s in sites)))
+    stray = sorted(shifted - covered)
+    if stray:
+        raise ValueError(
+            f"site '{stray[0]}' is an enumerated latent marked not to be scored (infer['_do_not_score']) "
+            "that belongs to no vectorized Markov chain the engine knows; its factor would be "
+            "left out of log p(y|θ). Use pyroem.vectorized_markov or pyro.markov for chains")
+    return out
+
+
+def _contract_chain(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
+                    differentiable: bool = True) -> torch.Tensor:
+    """log Z of a component holding a vectorized chain: the factors of the first step summed into
+    ``init(x_0)``, those inside the time plate into per-step matrices ``trans_t(x_{t-1}, x_t)``
+    (factors that touch the previous state) and ``emit_t(x_t)`` (the others), every block
+    summed over its inner plates first; then :func:`chain_log_partition` along time, batched
+    over the plates that hold the chain."""
+    keep = "".join(sorted(comp.target))
+    tau = chain.time
+    if tau in comp.target:
+        raise ValueError(f"the vectorized Markov chain '{chain.name}': its first step lies inside its own time plate")
+    allowed_time = set(chain.shifted) | set(chain.current)
+    init = trans = emit = probe = None
+    for b in comp.blocks:
+        latents = [d for d in b.dims if d in comp.sum_dims]
+        in_time = tau in b.ordinal
+        allowed = allowed_time if in_time else set(chain.first)
+        extra = [d for d in latents if d not in allowed]
+        if extra:
+            raise ValueError(
+                f"the vectorized Markov chain '{chain.name}' (latents {', '.join(repr(s) for s in chain.sites)}) "
+                f"shares a factor with another enumerated latent ({len(extra)} more dim(s)); the engine "
+                "eliminates a vectorized chain whose steps hold only the chain's own states. Write the "
+                "model with `pyro.markov`, which the engine contracts for any structure")
+        outer = keep + (tau if in_time else "")
+        inner = [i for i, d in enumerate(b.dims) if d not in comp.sum_dims and d not in outer]
+        t = b.tensor.sum(inner) if inner else b.tensor
+        dims = "".join(d for d in b.dims if d in comp.sum_dims or d in outer)
+        if not in_time:
+            t = align(t, dims, keep + chain.first)
+            init = t if init is None else init + t
+        elif set(latents) & set(chain.shifted):
+            t = align(t, dims, keep + tau + chain.shifted + chain.current)
+            if b.probe and probe is None and not differentiable:
+                probe = t
+            else:
+                trans = t if trans is None else trans + t
+        else:
+            t = align(t, dims, keep + tau + chain.current)
+            emit = t if emit is None else emit + t
+    outer_shape = [dim_size.get(d, 1) for d in keep]
+    ks = [dim_size[d] for d in chain.current]
+    k = math.prod(ks)
+    steps = dim_size.get(tau, 1)
+    batch = math.prod(outer_shape)
+    dtype_like = next(t for t in (init, trans, emit) if t is not None)
+    if init is None:
+        init = dtype_like.new_zeros(outer_shape + ks)
+    init = init.expand(outer_shape + ks).reshape(batch, k)
+    if trans is None:
+        trans = dtype_like.new_zeros([1] * (len(keep) + 1) + ks + ks)
+    t_batch = outer_shape if any(n > 1 for n in trans.shape[:len(keep)]) else [1] * len(keep)
+    t_steps = steps if trans.shape[len(keep)] > 1 else 1
+    trans = trans.expand(t_batch + [t_steps] + ks + ks).reshape(math.prod(t_batch), t_steps, k, k)
+    if emit is not None:
+        emit = emit.expand(outer_shape + [steps] + ks).reshape(batch, steps, k)
+    elif t_steps != steps:
+        emit = init.new_zeros((batch, steps, k))
+    if probe is not None:
+        probe = probe.expand(outer_shape + [steps] + ks + ks).reshape(batch, steps, k, k)
+    log_z = chain_log_partition(init, trans, emit, probe=probe, first_order=not differentiable)
+    return with_dims(log_z.reshape(outer_shape), keep)
+
+
 @dataclass
 class EStep:
     """The contracted trace: log Z, its per-component pieces and the leaves holding posteriors."""
@@ -365,6 +494,8 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
         if site["type"] != "sample" or is_subsample_site(site):
             continue
         site_ordinals[name] = _ordinal(trace, site)
+        if is_unscored(site):  # a chain's shifted copy: a latent to ask about, not a factor
+            continue
         pk = site["packed"]
         if name in enum_symbols:
             t = pk["unscaled_log_prob"]
@@ -381,7 +512,9 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             continue
         scratch = t is pk["unscaled_log_prob"] and is_donated(site["unscaled_log_prob"])
         factors.append(Factor(name, t, site_ordinals[name], _packed_scale(site), scratch=scratch))
-    comps = _components(factors, sum_dims) if factors else []
+    chains = _chain_dims(trace, getattr(trace, "markov_chains", {}), enum_symbols)
+    links = [(a, p) for c in chains for a, p in zip(c.first, c.shifted)]
+    comps = _components(factors, sum_dims, links) if factors else []
     dim_size = sizes(f.tensor for f in factors)
     for name, site in trace.nodes.items():
         if site["type"] == "sample":
@@ -401,7 +534,7 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             else:
                 for b in comp.blocks:
                     with_dims(b.tensor, b.dims)
-            pieces.append(_contract_component(comp, dim_size, differentiable))
+            pieces.append(_contract_component(comp, dim_size, differentiable, chains))
         scaled = []
         for comp, logz in zip(comps, pieces):
             if isinstance(comp.scale, torch.Tensor):

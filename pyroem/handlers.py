@@ -9,7 +9,7 @@ the traces of one EM step.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from pyro.distributions import Categorical, constraints
@@ -23,9 +23,32 @@ from pyro.poutine.messenger import Messenger
 MAP_FLAG = "_pyroem_map"
 
 
+class MarkovChain(NamedTuple):
+    """A vectorized chain: variable ``v`` at ``suffixes`` is the site ``f"{v}{suffix}"``, e.g.
+    ``x_0``, ``x_slice(0, T-1, None)`` (the previous state, not scored) and
+    ``x_slice(1, T, None)`` for ``history=1``."""
+
+    name: str
+    variables: Tuple[str, ...]
+    suffixes: tuple
+
+    @property
+    def history(self) -> int:
+        return sum(1 for s in self.suffixes if isinstance(s, int))
+
+    def sites(self, variable: str) -> Tuple[str, ...]:
+        return tuple(f"{variable}{s}" for s in self.suffixes)
+
+
 def is_subsample_site(site: dict) -> bool:
     """True for the bookkeeping sample site a subsampled ``pyro.plate`` records."""
     return type(site["fn"]).__name__ == "_Subsample"
+
+
+def is_unscored(site: dict) -> bool:
+    """A site that is no factor of the joint: a subsampled plate's record, or a vectorized Markov
+    chain's shifted copy of a variable (``infer["_do_not_score"]``, see :mod:`pyroem.markov`)."""
+    return is_subsample_site(site) or bool(site["infer"].get("_do_not_score"))
 
 
 def is_map_site(site: dict) -> bool:
@@ -35,7 +58,7 @@ def is_map_site(site: dict) -> bool:
 def is_data_site(site: dict) -> bool:
     """An observation: observed, and neither a MAP estimate, a ``pyro.deterministic`` record nor
     a reparameterizer's Delta (a masked-out factor)."""
-    if not site["is_observed"] or is_map_site(site) or is_subsample_site(site):
+    if not site["is_observed"] or is_map_site(site) or is_unscored(site):
         return False
     if site["infer"].get("_deterministic"):
         return False
@@ -98,6 +121,7 @@ class LatentPolicy(Messenger):
         super().__init__()
         self.enumerate = enumerate
         self.values = values or {}
+        self.chains: Dict[str, MarkovChain] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["done"] or is_subsample_site(msg):
@@ -153,12 +177,11 @@ class LatentPolicy(Messenger):
         msg["infer"][MAP_FLAG] = True
 
     def _pyro_markov_chain(self, msg: dict) -> None:
-        raise ValueError(
-            f"the model runs a vectorized Markov chain '{msg['name']}' (pyro.contrib.funsor's "
-            "vectorized_markov); pyroem's engine contracts pyro.markov loops exactly but would treat a "
-            "vectorized chain's time dimension as a plate and get log p(y|θ) wrong. Write the chain "
-            "as `for t in pyro.markov(range(T))`, or fit it with pyro.contrib.funsor's TraceMarkovEnum_ELBO"
-        )
+        """A vectorized Markov chain ended (:func:`pyroem.vectorized_markov` or
+        pyro.contrib.funsor's): record which sites are one variable at shifted times."""
+        kwargs = msg["kwargs"]
+        self.chains[msg["name"]] = MarkovChain(
+            msg["name"], tuple(sorted(kwargs.get("markov_vars", ()))), tuple(kwargs.get("suffixes", ())))
 
 
 class ReplaySubsample(Messenger):

@@ -16,6 +16,7 @@ from .handlers import (
     is_data_site,
     is_map_site,
     is_subsample_site,
+    is_unscored,
 )
 
 
@@ -24,7 +25,7 @@ def compute_log_prob(trace: Trace) -> None:
     :meth:`Trace.compute_log_prob` computes them, without its ``log_prob_sum``: a reduction
     over every enumerated table that the E-step never reads."""
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or is_subsample_site(site) or "log_prob" in site:
+        if site["type"] != "sample" or is_unscored(site) or "log_prob" in site:
             continue
         try:
             log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
@@ -108,7 +109,7 @@ class ModelTracer:
         its own (components, items) is global and becomes a MAP estimate."""
         discrete, data = [], []
         for site in trace.nodes.values():
-            if site["type"] != "sample" or is_subsample_site(site):
+            if site["type"] != "sample" or is_unscored(site):
                 continue
             plates = frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
             if is_data_site(site):
@@ -144,7 +145,8 @@ class ModelTracer:
     # -- tracing ---------------------------------------------------------------------
     def enumerated_model(self, subsample: Optional[Dict[str, torch.Tensor]] = None,
                          values: Optional[Dict[str, torch.Tensor]] = None) -> Callable:
-        model = LatentPolicy(enumerate=True, values=values)(self.model)
+        self._policy = LatentPolicy(enumerate=True, values=values)
+        model = self._policy(self.model)
         if values:
             model = SubstituteParams(values)(model)
         if subsample:
@@ -159,6 +161,8 @@ class ModelTracer:
         (constrained, by name) replace the param store's params and MAP estimates."""
         self.ensure_probed(args, kwargs)
         trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
+        # vectorized Markov chains, by name: the E-step contracts them along time
+        trace.markov_chains = dict(self._policy.chains)
         compute_log_prob(trace)
         return trace
 

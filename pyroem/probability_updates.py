@@ -27,7 +27,7 @@ from pyro.distributions.torch import Independent
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.trace_struct import Trace
 
-from .handlers import is_map_site, is_subsample_site
+from .handlers import is_map_site, is_unscored
 from .qfunction import site_weight
 
 KINDS = ("categorical", "binary", "rate")
@@ -122,6 +122,28 @@ def _use(site: dict, weights: Mapping[str, torch.Tensor]) -> List[_Use]:
     return [] if one is None else [one]
 
 
+def _enumerated_counts(w: torch.Tensor, value: torch.Tensor, p: torch.Tensor) -> Optional[torch.Tensor]:
+    """The counts of a Categorical site whose value is an enumeration ``arange(K)`` along one dim
+    that ``p`` does not have (a chain's current state): that dim of the weights moved last, a
+    view, where scattering would write a tensor ``K`` times the size of the weights."""
+    k = p.shape[-1]
+    big = [i for i, n in enumerate(value.shape) if n != 1]
+    if len(big) != 1 or value.shape[big[0]] != k:
+        return None
+    e = big[0] - value.dim()                      # from the right, in the batch shape
+    batch = p.shape[:-1]
+    if -e <= len(batch) and batch[e] != 1:
+        return None
+    if not torch.equal(value.reshape(-1), torch.arange(k, device=value.device, dtype=value.dtype)):
+        return None
+    full = _broadcast_shape(w.shape, value.shape, batch)
+    counts = w.to(p.dtype).expand(full).movedim(e, -1)
+    if -e <= len(batch):
+        counts = counts.unsqueeze(e - 1)  # p's batch keeps a size-1 dim there
+    extra = counts.dim() - 1 - len(batch)   # dims left of p's batch, which p broadcasts along
+    return counts.sum(list(range(extra))) if extra > 0 else counts
+
+
 def _count_use(fn, w: torch.Tensor, value: torch.Tensor) -> Optional[_Use]:
     if isinstance(fn, Categorical) and "probs" in fn.__dict__ and fn.probs.requires_grad:
         p = fn.probs
@@ -129,6 +151,9 @@ def _count_use(fn, w: torch.Tensor, value: torch.Tensor) -> Optional[_Use]:
         if found is None:
             return None
         raw = found[0]
+        counts = _enumerated_counts(w, value, p)
+        if counts is not None:
+            return _Use(raw, "categorical", counts.sum_to_size(raw.shape), counts)
         shape = _broadcast_shape(value.shape + (1,), p.shape)
         idx = value.long().unsqueeze(-1).expand(shape[:-1] + (1,))
         w_full = w.unsqueeze(-1).expand(shape[:-1] + (1,)).to(p.dtype)
@@ -226,7 +251,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
     entries: List[object] = []   # the autograd node each site's counts enter at
     count_sites: Set[str] = set()
     for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not is_subsample_site(site) and not is_map_site(site):
+        if site["type"] == "sample" and not is_unscored(site) and not is_map_site(site):
             for use in _use(site, weights):
                 uses.append(use)
                 entries.append(use.param.grad_fn)
@@ -254,7 +279,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
     seen = set()
     priors: Dict[str, Tuple[torch.Tensor, ...]] = {}
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or is_subsample_site(site) or name in count_sites:
+        if site["type"] != "sample" or is_unscored(site) or name in count_sites:
             continue
         if is_map_site(site) and name in leaves:
             prior = _prior_counts(site, leaves[name])

@@ -7,7 +7,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from .expectations import Expectations
-from .handlers import is_enumerated_site, is_subsample_site
+from .handlers import is_enumerated_site, is_unscored
 from .model_trace import ModelTracer
 
 
@@ -35,7 +35,7 @@ def expected_log_joint(trace: Trace, expect: Expectations) -> torch.Tensor:
     weights = expect.site_weights()
     q = None
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or is_subsample_site(site):
+        if site["type"] != "sample" or is_unscored(site):
             continue
         w = weights.get(name)
         if w is None:

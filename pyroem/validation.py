@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from pyro.poutine.trace_struct import Trace
 
-from .handlers import is_map_site, is_subsample_site
+from .handlers import is_map_site, is_unscored
 
 
 def _is_int(value: object) -> bool:
@@ -92,7 +92,7 @@ def require_observed(trace: Trace) -> None:
     """Refuse a model with no observed site: ``log p(y|θ)`` would be identically 0."""
     for site in trace.nodes.values():
         if (site["type"] == "sample" and site["is_observed"] and not is_map_site(site)
-                and not is_subsample_site(site)):
+                and not is_unscored(site)):
             return
     raise ValueError(
         "the model observes nothing: no pyro.sample(..., obs=...) or pyro.factor site, so "

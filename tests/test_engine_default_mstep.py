@@ -431,31 +431,3 @@ def test_a_continuous_latent_per_data_point_is_still_refused():
 
     with pytest.raises(ValueError, match="'u'.*plate 'data'.*discrete latent 'z'"):
         pyroem.EM(model).fit(torch.tensor([0.3, -1.2, 1.5]))
-
-
-# --- chains the engine cannot contract -------------------------------------------------------
-def test_vectorized_markov_is_refused_not_miscounted():
-    pytest.importorskip("funsor")
-    import pyro.contrib.funsor  # noqa: F401  (registers the contrib.funsor backend)
-    from pyroapi import pyro_backend
-    import pyroapi
-
-    data = torch.tensor([0.3, 1.7, 2.2, -0.4, 0.9, 2.5])
-
-    def model(data):
-        init = pyro.param("init", torch.tensor([0.5, 0.3, 0.2]), constraint=constraints.simplex)
-        trans = pyro.param("trans", torch.full((3, 3), 1.0 / 3), constraint=constraints.simplex)
-        locs = pyro.param("locs", torch.tensor([0.0, 1.0, 2.0]))
-        x_prev = None
-        for i in pyroapi.pyro.vectorized_markov(name="time", size=len(data), dim=-1):
-            probs = init if isinstance(i, int) and i < 1 else trans[x_prev]
-            x_curr = pyroapi.pyro.sample(f"x_{i}", dist.Categorical(probs))
-            pyroapi.pyro.sample(f"y_{i}", dist.Normal(Vindex(locs)[..., x_curr], 1.0), obs=data[i])
-            x_prev = x_curr
-
-    with pyro_backend("contrib.funsor"):
-        pyro.clear_param_store()
-        with pytest.raises(ValueError, match="vectorized Markov chain 'time'.*pyro.markov"):
-            pyroem.log_likelihood(model, data)
-        with pytest.raises(ValueError, match="vectorized Markov chain 'time'"):
-            pyroem.EM(model).fit(data)
