@@ -20,11 +20,10 @@ from pyro.distributions import constraints
 from torch.distributions import transform_to
 from tqdm.auto import tqdm
 
-from pyroem import EM, MonotonicityWarning
-from pyroem.diagnostics import check_monotone
+from pyroem import EM, MonotonicityWarning, log_likelihood
+from pyroem.chain_kernels import choose_method
 
 from ._exceptions import NotFittedError
-from ._forward_backward import expectations, log_partition
 from ._hmm_inputs import (
     check_dtype,
     check_int,
@@ -38,15 +37,9 @@ from ._hmm_inputs import (
 from ._hmm_viterbi import BLOCKED_MAX_STATES, viterbi, viterbi_blocked
 
 DECODERS = ("viterbi", "map")
-#: ``"auto"``: ``"scan"`` for sequences of at least ``SCAN_FROM`` steps, else ``"log"``;
-#: ``"log"``: forward recursion, sequential in time, vectorized over sequences (hmmlearn's
-#: default name; ``"scaling"``, hmmlearn's other one, is accepted as the same); ``"scan"``:
-#: parallel in time, for few long sequences; ``"engine"``: ``pyroem.EM`` on the Pyro model.
-#: Viterbi decoding follows the same choice: blocked in time where the E-step would scan.
+#: accepted values of ``implementation``; every one runs the engine, which eliminates the chain by
+#: the forward recursion or, from ``pyroem.chain_kernels.SCAN_FROM`` steps on, by a scan in time
 IMPLEMENTATIONS = ("auto", "log", "scaling", "scan", "engine")
-#: the sequential recursion costs tens of microseconds per time step whatever the batch, so past
-#: about a thousand steps the parallel-in-time scan is faster (benchmarks/bench_hmm.py)
-SCAN_FROM = 1024
 
 
 class ConvergenceMonitor:
@@ -123,14 +116,11 @@ class BaseHMM:
     Updates follow hmmlearn's M-step; where hmmlearn would leave a row without any expected
     count as zeros (no transition ever observed from a state), the old row is kept.
 
-    ``implementation`` picks the E-step: ``"auto"`` (default) takes ``"scan"`` when the longest
-    sequence has at least 1024 steps and ``"log"`` otherwise; ``"log"`` computes ``log p(X)`` by the forward
-    recursion (O(T K²) in T sequential steps, vectorized over sequences; scaled, and in log space
-    wherever a scale would underflow) and the posteriors as its gradient; ``"scan"`` computes the
-    same quantities from products of the per-step transition matrices, chunked and reduced
-    pairwise over time (O(T K³) work in about 32 + log₂ T sequential steps: the fast choice for a
-    few long sequences); ``"engine"`` traces the Pyro model function through ``pyroem.EM`` (slow;
-    the reference path). ``"scaling"`` is accepted for hmmlearn code and means ``"log"``.
+    The E-step is ``pyroem.EM``'s on the Pyro model (a ``pyroem.vectorized_markov`` chain): the
+    forward recursion with its backward pass written out (O(T K²) in T sequential steps,
+    vectorized over sequences), or for sequences of 1024 steps and more a scan in time (O(T K³)
+    work in about 2√T + log₂ T sequential steps). ``implementation`` is accepted for hmmlearn
+    code (``"log"``, ``"scaling"``, ``"scan"``, ``"engine"``, ``"auto"``); the engine chooses.
     Viterbi decoding (``decode``, ``predict``) of continuous emissions is blocked in time (about
     6 √T sequential steps) wherever the E-step would scan and there are at most 16 states.
     """
@@ -288,59 +278,37 @@ class BaseHMM:
         return new
 
     def _updates(self, expect, Xpad: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The engine path's M-step: the posteriors read from ``expect``, then ``_m_step``."""
-        t_max = Xpad.shape[1]
+        """The M-step ``pyroem.EM`` runs: the posteriors read from ``expect``, then ``_m_step``."""
         p = {name: pyro.param(name).detach() for name in self._all_params()}
         w = mask.to(p["startprob"].dtype)
-        gamma = torch.stack([expect.marginal(f"x_{t}") for t in range(t_max)], dim=1) * w.unsqueeze(-1)
+        gamma = self._gamma(expect, Xpad.shape[1]) * w.unsqueeze(-1)
         trans = torch.zeros_like(p["transmat"])
-        if "t" in self.params:
-            for t in range(1, t_max):
-                xi = expect.joint(f"x_{t - 1}", f"x_{t}")
-                trans = trans + (xi * w[:, t, None, None]).sum(0)
-        return self._m_step(gamma, trans, Xpad, p)
+        t_max = Xpad.shape[1]
+        if "t" in self.params and t_max > 1:
+            pair = (f"x_{slice(0, t_max - 1, None)}", f"x_{slice(1, t_max, None)}")
+            if bool(mask.all()):
+                trans = expect.expected_counts(*pair)
+            else:  # transitions after a sequence's end are not counted
+                trans = torch.einsum("ntij,nt->ij", expect.joint(*pair), w[:, 1:])
+        return self._checked(self._m_step(gamma, trans, Xpad, p))
 
-    def _method(self, t_max: int = 0) -> str:
-        """The E-step method of ``_forward_backward`` for ``implementation`` (checked here)."""
+    @staticmethod
+    def _gamma(expect, t_max: int) -> torch.Tensor:
+        """``p(x_{n,t} = k | X)``, shape ``(N, T, K)``, from the chain's sites ``x_0`` and
+        ``x_slice(1, T, None)`` (see ``pyroem.vectorized_markov``)."""
+        gamma = expect.marginal("x_0")
+        if t_max > 1:
+            gamma = torch.cat([gamma, expect.marginal(f"x_{slice(1, t_max, None)}")], dim=1)
+        return gamma
+
+    def _method(self) -> None:
+        """Check ``implementation`` (kept for hmmlearn code: the engine chooses the E-step)."""
         if not isinstance(self.implementation, str) or self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}")
-        if self.implementation == "auto":
-            return "scan" if t_max >= SCAN_FROM else "forward"
-        return "scan" if self.implementation == "scan" else "forward"
-
-    def _log_factors(self, Xpad: torch.Tensor, p: Dict[str, torch.Tensor]):
-        return torch.log(p["startprob"]), torch.log(p["transmat"]), self._log_emission(Xpad, p)
-
-    def _expect(self, Xpad: torch.Tensor, mask: torch.Tensor, p: Dict[str, torch.Tensor]):
-        """``(log p(X_n) (N,), γ (N, T, K), expected transition counts (K, K))``."""
-        with torch.no_grad():
-            factors = self._log_factors(Xpad, p)
-        log_z, gamma, trans = expectations(*factors, mask, method=self._method(Xpad.shape[1]))
-        if not bool(torch.isfinite(log_z).all()):
-            bad = int((~torch.isfinite(log_z)).nonzero()[0, 0])
-            raise ValueError(f"sequence {bad} of X has log-likelihood {float(log_z[bad])} under the current "
-                             "parameters (probability 0 or non-finite parameters): no posterior exists")
-        return log_z, gamma, trans
-
-    def _fit_fast(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
-        p = self._param_tensors()
-        check = not self._is_map()
-        for _ in range(self.n_iter):
-            log_z, gamma, trans = self._expect(Xpad, mask, p)
-            ll = float(log_z.sum())
-            if check and self.monitor_.history:
-                check_monotone(self.monitor_.history[-1], ll, self.monitor_.iter, self.dtype)
-            with torch.no_grad():
-                p = self._checked(self._m_step(gamma, trans, Xpad, p))
-            self.monitor_.report(ll)
-            if self.monitor_.converged:
-                break
-        for name, (attr, _) in self._all_params().items():
-            setattr(self, attr, p[name].detach().cpu().numpy().copy())
 
     def _checked(self, new: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The updated parameters, refused (as the engine path does) when one leaves its
-        constraint or sits on its boundary, e.g. singular covariances from collapsed data."""
+        """The updated parameters, refused when one leaves its constraint or sits on its
+        boundary, e.g. singular covariances from collapsed data."""
         for name, (_, constraint) in self._all_params().items():
             value = new[name]
             inside = bool(constraint.check(value).all()) and bool(torch.isfinite(value).all())
@@ -351,13 +319,17 @@ class BaseHMM:
                                  "or on its boundary (collapsed data?)")
         return new
 
-    def _fit_engine(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
+    def _em(self) -> EM:
+        return EM(self._pyro_model(), updates=self._updates, max_plate_nesting=2)
+
+    def _fit_em(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
+        """Baum-Welch: ``pyroem.EM`` steps with hmmlearn's stopping rule (``monitor_``)."""
         store = pyro.get_param_store()
         with store.scope(), warnings.catch_warnings():
             if self._is_map():
                 warnings.simplefilter("ignore", MonotonicityWarning)
             self._load_store()
-            em = EM(self._pyro_model(), updates=self._updates, max_plate_nesting=1)
+            em = self._em()
             for _ in range(self.n_iter):
                 self.monitor_.report(em.step(Xpad, mask))
                 if self.monitor_.converged:
@@ -409,10 +381,7 @@ class BaseHMM:
         self._check()
         self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
         try:
-            if self.implementation == "engine":
-                self._fit_engine(Xpad, mask)
-            else:
-                self._fit_fast(Xpad, mask)
+            self._fit_em(Xpad, mask)
         finally:
             self.monitor_.close()
 
@@ -442,24 +411,15 @@ class BaseHMM:
     def _posterior(self, X, lengths, marginals: bool) -> Tuple[float, Optional[np.ndarray]]:
         self._check_fitted()
         self._check()
+        self._method()
         X, lengths, Xpad, mask = self._prepare(X, lengths)
-        self._method()                      # validates ``implementation``
-        if self.implementation != "engine":
-            if not marginals:
-                with torch.no_grad():
-                    factors = self._log_factors(Xpad, self._param_tensors())
-                    return float(log_partition(*factors, mask, method=self._method(Xpad.shape[1])).sum()), None
-            log_z, gamma, _ = self._expect(Xpad, mask, self._param_tensors())
-            return float(log_z.sum()), gamma[mask].cpu().numpy()
         store = pyro.get_param_store()
         with store.scope(), torch.no_grad():
             self._load_store()
-            expect = EM(self._pyro_model(), max_plate_nesting=1).e_step(Xpad, mask)
-            ll = float(expect.log_likelihood)
-            if not marginals:
-                return ll, None
-            gamma = torch.stack([expect.marginal(f"x_{t}") for t in range(Xpad.shape[1])], dim=1)
-            return ll, gamma[mask].cpu().numpy()
+            if not marginals:  # -inf for impossible data, as hmmlearn's score
+                return float(log_likelihood(self._pyro_model(), Xpad, mask)), None
+            expect = self._em().e_step(Xpad, mask)
+            return expect.log_likelihood_value(), self._gamma(expect, Xpad.shape[1])[mask].cpu().numpy()
 
     def score(self, X, lengths=None) -> float:
         """``log p(X)`` under the model (the sum over sequences)."""
@@ -488,7 +448,7 @@ class BaseHMM:
         p = self._param_tensors()
         with torch.no_grad():
             log_emit = self._log_emission(Xpad, p)
-            blocked = (self._decode_blocked and self._method(log_emit.shape[1]) == "scan"
+            blocked = (self._decode_blocked and choose_method(log_emit.shape[1]) == "scan"
                        and self.n_components <= BLOCKED_MAX_STATES)
             decoder = viterbi_blocked if blocked else viterbi
             log_prob, states = decoder(torch.log(p["startprob"]), torch.log(p["transmat"]), log_emit, mask)

@@ -1,10 +1,9 @@
 """Hidden Markov models with hmmlearn's API, fitted by exact EM (Baum-Welch).
 
-``categorical_hmm_model`` and ``gaussian_hmm_model`` are plain Pyro models: copy one as the
-start of a custom HMM. The estimators ``CategoricalHMM`` and ``GaussianHMM`` get their E-step
-from a batched forward algorithm (posteriors as gradients of ``log p(X)``, see
-``_forward_backward``), or with ``implementation="engine"`` from ``pyroem.EM`` run on those
-model functions; the M-step is hmmlearn's closed-form update either way.
+``categorical_hmm_model`` and ``gaussian_hmm_model`` are plain Pyro models, their chain written
+with ``pyroem.vectorized_markov``: copy one as the start of a custom HMM. The estimators
+``CategoricalHMM`` and ``GaussianHMM`` fit them with ``pyroem.EM`` and hmmlearn's closed-form
+M-step (the E-step is the engine's: the chain eliminated along time).
 """
 from __future__ import annotations
 
@@ -16,6 +15,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
+
+import pyroem
 
 from ._hmm_base import BaseHMM, ConvergenceMonitor, bind_model
 from ._exceptions import NotFittedError
@@ -34,11 +35,29 @@ __all__ = [
 COVARIANCE_TYPES = ("spherical", "diag", "full", "tied")
 
 
+def _categorical(probs: torch.Tensor, probs_constraint: constraints.Constraint) -> dist.Categorical:
+    """``Categorical(probs)``; with unconstrained probabilities (the estimators' exact updates)
+    from their logarithm, so that an exact zero stays impossible (``probs=`` clamps it to eps)."""
+    if probs_constraint is constraints.simplex:
+        return dist.Categorical(probs)
+    return dist.Categorical(logits=probs.log())
+
+
 def _chain_params(n_components: int, probs_constraint: constraints.Constraint):
     k = n_components
     startprob = pyro.param("startprob", lambda: torch.full((k,), 1.0 / k), constraint=probs_constraint)
     transmat = pyro.param("transmat", lambda: torch.full((k, k), 1.0 / k), constraint=probs_constraint)
     return startprob, transmat
+
+
+def _steps(X: torch.Tensor, mask: torch.Tensor):
+    """The chain over the padded time axis as one vectorized Markov chain: for each pass,
+    ``(t, X at t, mask at t)`` with the first step's slices kept in the time dim's place."""
+    for t in pyroem.vectorized_markov(name="time", size=X.shape[1], dim=-1):
+        if isinstance(t, int):
+            yield t, X[:, t:t + 1], mask[:, t:t + 1]
+        else:
+            yield t, X[:, t], mask[:, t]
 
 
 def categorical_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int, n_features: int,
@@ -57,12 +76,12 @@ def categorical_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int
         "emissionprob", lambda: torch.full((n_components, n_features), 1.0 / n_features),
         constraint=probs_constraint,
     )
-    with pyro.plate("sequences", X.shape[0], dim=-1):
+    with pyro.plate("sequences", X.shape[0], dim=-2):
         x = None
-        for t in pyro.markov(range(X.shape[1])):
-            x = pyro.sample(f"x_{t}", dist.Categorical(startprob if t == 0 else transmat[x]))
-            with poutine.mask(mask=mask[:, t]):
-                pyro.sample(f"y_{t}", dist.Categorical(emissionprob[x]), obs=X[:, t])
+        for t, y, m in _steps(X, mask):
+            x = pyro.sample(f"x_{t}", _categorical(startprob if x is None else transmat[x], probs_constraint))
+            with poutine.mask(mask=m):
+                pyro.sample(f"y_{t}", _categorical(emissionprob[x], probs_constraint), obs=y)
 
 
 def gaussian_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int,
@@ -89,16 +108,16 @@ def gaussian_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int,
         covars = pyro.param("covars", lambda: torch.eye(d, dtype=X.dtype, device=X.device).expand(shape).clone(),
                             constraint=constraints.positive_definite)
         scale_tril = torch.linalg.cholesky(covars).expand(k, d, d)
-    with pyro.plate("sequences", X.shape[0], dim=-1):
+    with pyro.plate("sequences", X.shape[0], dim=-2):
         x = None
-        for t in pyro.markov(range(X.shape[1])):
-            x = pyro.sample(f"x_{t}", dist.Categorical(startprob if t == 0 else transmat[x]))
+        for t, y, m in _steps(X, mask):
+            x = pyro.sample(f"x_{t}", _categorical(startprob if x is None else transmat[x], probs_constraint))
             if scale_tril is None:
                 emission = dist.Normal(means[x], scale[x]).to_event(1)
             else:
                 emission = dist.MultivariateNormal(means[x], scale_tril=scale_tril[x])
-            with poutine.mask(mask=mask[:, t]):
-                pyro.sample(f"y_{t}", emission, obs=X[:, t])
+            with poutine.mask(mask=m):
+                pyro.sample(f"y_{t}", emission, obs=y)
 
 
 class CategoricalHMM(BaseHMM):

@@ -186,11 +186,12 @@ class _ForwardBackward(torch.autograd.Function):
         # w_t = b̂_t β̂_t / c_t, then β̂_{t-1} = A_t w_t
         ws = []
         step_mats = _steps(mats, steps)
+        scaled = (emits / scales[:, 1:, None]).unbind(1)
+        shared_t = mats[0, 0].T if shared else None
         for t in range(steps - 1, -1, -1):
-            w = emits[:, t] * betas[-1] / scales[:, t + 1, None]
+            w = scaled[t] * betas[-1]
             ws.append(w)
-            a = step_mats[t]
-            betas.append(w @ a[0].T if shared else torch.matmul(a, w.unsqueeze(-1)).squeeze(-1))
+            betas.append(w @ shared_t if shared else torch.matmul(step_mats[t], w.unsqueeze(-1)).squeeze(-1))
         betas.reverse()
         ws.reverse()
         g = grad.unsqueeze(-1)
@@ -263,8 +264,9 @@ def chain_log_partition(init: torch.Tensor, trans: torch.Tensor, emit: Optional[
     :param method: ``"forward"``, ``"scan"`` or None (the scan from ``SCAN_FROM`` steps on).
     :param probe: ``(B, T, K, K)`` zeros added to ``trans``, whose gradient is the posterior of
         each step's pair of states.
-    :param first_order: only first derivatives will be taken (the E-step): the forward method
-        then runs the backward recursion itself, and a shared ``trans`` stays shared.
+    :param first_order: only first derivatives will be taken (the E-step): with a ``probe``,
+        the forward method then runs the backward recursion itself, so that a shared ``trans``
+        stays shared (autograd would need it per step to give the per-step posteriors).
     """
     if trans.dim() != 4 or init.dim() != 2:
         raise ValueError(f"init must be (B, K) and trans (B, T, K, K), got {tuple(init.shape)} and {tuple(trans.shape)}")
@@ -277,7 +279,7 @@ def chain_log_partition(init: torch.Tensor, trans: torch.Tensor, emit: Optional[
     method = method or choose_method(steps)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "forward" and first_order:
+    if method == "forward" and first_order and probe is not None:
         log_z = _ForwardBackward.apply(init, trans, emit, probe)
         if bool((log_z > float("-inf")).all()):
             return log_z

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Union
 
 import torch
 from pyro.ops import packed
@@ -51,6 +51,14 @@ class Block:
     addends: List[torch.Tensor] = field(default_factory=list)
     scratch: bool = False  # ``tensor``'s memory is the E-step's to overwrite
     probe: bool = False  # zeros, there only for its gradient (a posterior at full resolution)
+    # a probe not built: its posterior is computed when first asked for (``posterior()``)
+    fill: Optional[Callable[[], None]] = None
+
+    def posterior(self) -> torch.Tensor:
+        """``∂ log Z / ∂ tensor``: the posterior over the block's latents, per plate element."""
+        if self.grad is None and self.fill is not None:
+            self.fill()
+        return self.grad
 
     def materialize(self) -> None:
         """Fold the deferred ``addends`` into ``tensor``."""
@@ -145,7 +153,7 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 
 
 def _build_blocks(comp: Component, dim_size: Dict[str, int],
-                  site_ordinals: Dict[str, frozenset], differentiable: bool) -> None:
+                  site_ordinals: Dict[str, frozenset], differentiable: bool, lazy: bool = False) -> None:
     """Sum factors of one ordinal whose dims nest into one leaf; add zero probes so that the
     posterior over every factor's variables is available at full plate resolution."""
     # Largest first, contiguous before broadcast views: a block takes the memory layout of the
@@ -173,13 +181,19 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
         f.block = home
     if differentiable:
         return
+    if lazy:  # a table only broadcast along plates keeps just its distinct entries
+        for b in comp.blocks:
+            b.materialize()
+            b.tensor, b.dims = _drop_broadcast(b.tensor.detach(), b.dims, comp.sum_dims)
     for f in comp.factors:
         plates = {d for d in site_ordinals[f.site] if dim_size.get(d, 1) > 1}
         needed = set(dims_of(f.tensor)) | plates
         if not any(b.ordinal == f.ordinal and needed <= set(b.dims) for b in comp.blocks):
             pdims = "".join(sorted(needed))
-            t = f.tensor.new_zeros([dim_size[d] for d in pdims])
-            comp.blocks.append(Block(pdims, f.ordinal, t, probe=True))
+            shape = [dim_size[d] for d in pdims]
+            # lazy: a stride-0 placeholder, filled by contracting again when first asked for
+            t = f.tensor.new_zeros(()).expand(shape) if lazy else f.tensor.new_zeros(shape)
+            comp.blocks.append(Block(pdims, f.ordinal, t, probe=True, fill=(lambda: None) if lazy else None))
 
 
 # Elements per piece of the blocked logsumexp: its passes over a piece stay in cache.
@@ -269,7 +283,7 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
     likelihood summed into one block) needs only a logsumexp over its latent dims; one that
     holds a vectorized Markov chain is eliminated along time (:func:`_contract_chain`).
     """
-    chain = next((c for c in chains if c.shifted[0] in comp.sum_dims), None)
+    chain = _chain_of(comp, chains)
     if chain is not None:
         return _contract_chain(comp, chain, dim_size, differentiable)
     if _single_leaf(comp):
@@ -335,6 +349,36 @@ def _contract_forest(comp: Component) -> Optional[torch.Tensor]:
     return with_dims(total, keep)
 
 
+def _chain_of(comp: Component, chains: Sequence["ChainDims"]) -> Optional["ChainDims"]:
+    return next((c for c in chains if c.shifted[0] in comp.sum_dims), None)
+
+
+def _drop_broadcast(t: torch.Tensor, dims: str, keep: Set[str]):
+    """``t`` without the plate dims it is only expanded along (stride 0), and its dims."""
+    drop = [i for i, (d, n, st) in enumerate(zip(dims, t.shape, t.stride())) if st == 0 and n > 1 and d not in keep]
+    if not drop:
+        return t, dims
+    index = tuple(0 if i in drop else slice(None) for i in range(t.dim()))
+    return t[index].contiguous(), "".join(d for i, d in enumerate(dims) if i not in drop)
+
+
+def _probe_filler(comp: Component, chain: "ChainDims", dim_size: Dict[str, int]) -> Callable[[], None]:
+    """Fill every lazy probe of a chain component: contract it again with the probes as zero
+    leaves and take their gradients (the per-step pairwise posteriors)."""
+
+    def fill() -> None:
+        lazy = [b for b in comp.blocks if b.fill is not None and b.grad is None]
+        probes = {id(b): with_dims(torch.zeros(b.tensor.shape, dtype=b.tensor.dtype, device=b.tensor.device)
+                                   .requires_grad_(), b.dims) for b in lazy}
+        with torch.enable_grad():
+            log_z = _contract_chain(comp, chain, dim_size, False, probes)
+            grads = torch.autograd.grad(log_z.sum(), list(probes.values()))
+        for b, g in zip(lazy, grads):
+            b.grad = g
+
+    return fill
+
+
 class ChainDims(NamedTuple):
     """A vectorized chain's enumerated variables as packed dims: the first state of each
     (``first``), its copy one step back (``shifted``) and the current state (``current``), in
@@ -391,7 +435,7 @@ def _chain_dims(trace: Trace, chains: Dict[str, MarkovChain], enum_symbols: Dict
 
 
 def _contract_chain(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
-                    differentiable: bool = True) -> torch.Tensor:
+                    differentiable: bool = True, probes: Optional[Dict[int, torch.Tensor]] = None) -> torch.Tensor:
     """log Z of a component holding a vectorized chain: the factors of the first step summed into
     ``init(x_0)``, those inside the time plate into per-step matrices ``trans_t(x_{t-1}, x_t)``
     (factors that touch the previous state) and ``emit_t(x_t)`` (the others), every block
@@ -404,6 +448,11 @@ def _contract_chain(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
     allowed_time = set(chain.shifted) | set(chain.current)
     init = trans = emit = probe = None
     for b in comp.blocks:
+        tensor = b.tensor
+        if b.fill is not None:  # a lazy probe: left out unless being filled
+            if probes is None or id(b) not in probes:
+                continue
+            tensor = probes[id(b)]
         latents = [d for d in b.dims if d in comp.sum_dims]
         in_time = tau in b.ordinal
         allowed = allowed_time if in_time else set(chain.first)
@@ -416,7 +465,7 @@ def _contract_chain(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
                 "model with `pyro.markov`, which the engine contracts for any structure")
         outer = keep + (tau if in_time else "")
         inner = [i for i, d in enumerate(b.dims) if d not in comp.sum_dims and d not in outer]
-        t = b.tensor.sum(inner) if inner else b.tensor
+        t = tensor.sum(inner) if inner else tensor
         dims = "".join(d for d in b.dims if d in comp.sum_dims or d in outer)
         if not in_time:
             t = align(t, dims, keep + chain.first)
@@ -524,12 +573,16 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
     pieces = []
     with torch.enable_grad():
         for comp in comps:
-            _build_blocks(comp, dim_size, site_ordinals, differentiable)
+            chain = _chain_of(comp, chains)
+            _build_blocks(comp, dim_size, site_ordinals, differentiable, lazy=chain is not None)
             if not differentiable:
                 tree = not _single_leaf(comp)  # only the single-leaf logsumexp takes addends
                 for b in comp.blocks:
                     if tree:
                         b.materialize()
+                    if b.fill is not None:
+                        b.fill = _probe_filler(comp, chain, dim_size)
+                        continue
                     b.tensor = with_dims(b.tensor.detach().requires_grad_(), b.dims)
             else:
                 for b in comp.blocks:
@@ -544,9 +597,9 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
                 scaled.append(comp.scale * logz.sum())
         if not differentiable and pieces:
             total = sum(p.sum() for p in pieces)
-            leaves = [b.tensor for comp in comps for b in comp.blocks]
-            grads = torch.autograd.grad(total, leaves, allow_unused=True)
-            for b, g in zip((b for comp in comps for b in comp.blocks), grads):
+            built = [b for comp in comps for b in comp.blocks if b.fill is None]
+            grads = torch.autograd.grad(total, [b.tensor for b in built], allow_unused=True)
+            for b, g in zip(built, grads):
                 b.grad = torch.zeros_like(b.tensor) if g is None else g
     ll = sum(scaled, torch.zeros((), dtype=_dtype(trace), device=_device(trace))) + constant
     if not differentiable:

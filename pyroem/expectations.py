@@ -94,7 +94,7 @@ class Expectations:
         if best is None:
             raise ValueError(f"{what}: no factor of the model holds these latents together")
         target = plates + "".join(s for s in syms if s in best.dims)
-        return reduce_to(best.grad, best.dims, target), target
+        return reduce_to(best.posterior(), best.dims, target), target
 
     def _shape_out(self, t: torch.Tensor, dims: str, site: str, syms: str) -> torch.Tensor:
         """Unpack to ``batch + (K, ...)`` with batch the site's plate shape in Pyro's dim layout."""
@@ -147,6 +147,34 @@ class Expectations:
             self._cache[key] = self._shape_out(t, dims, deeper, sa + sb)
         return self._cache[key]
 
+    def expected_counts(self, a: str, b: Optional[str] = None) -> torch.Tensor:
+        """Expected counts: ``marginal(a)`` (or ``joint(a, b)``) summed over every plate element,
+        shape ``(K_a,)`` (or ``(K_a, K_b)``): Σ_i p(x_a,i = k | y), the expected number of
+        transitions ``i → j`` for a chain's two states. Read from the smallest table that holds
+        the latents, so a chain's transition counts never need the per-step joint."""
+        key = ("c", a, b)
+        if key not in self._cache:
+            sites = (a,) if b is None else (a, b)
+            syms = "".join(self._symbol(s) for s in sites)
+            ordinals = [self._e.site_ordinals[s] for s in sites]
+            deeper = max(ordinals, key=len)
+            if not all(o <= deeper for o in ordinals):
+                raise ValueError(f"expected_counts{sites}: the sites sit in unrelated plates")
+            if any(self._e.dim_size.get(s, 1) == 1 for s in syms):
+                per = self.marginal(a) if b is None else self.joint(a, b)
+                out = per.reshape((-1,) + per.shape[per.dim() - len(sites):]).sum(0)
+            else:
+                best = None
+                for blk in self._blocks():
+                    if blk.ordinal == deeper and set(syms) <= set(blk.dims):
+                        if best is None or blk.tensor.numel() < best.tensor.numel():
+                            best = blk
+                if best is None:
+                    raise ValueError(f"expected_counts{sites}: no factor of the model holds these latents together")
+                out = reduce_to(best.posterior(), best.dims, syms)
+            self._cache[key] = out
+        return self._cache[key]
+
     def site_weights(self) -> Dict[str, torch.Tensor]:
         """``w_f`` for every factor touching a latent, unpacked to the site's log_prob layout.
 
@@ -164,7 +192,7 @@ class Expectations:
                     leaf = f.block
                     if not needed <= set(leaf.dims):
                         leaf = next(b for b in comp.blocks if b.ordinal == f.ordinal and needed <= set(b.dims))
-                    g = leaf.grad
+                    g = leaf.posterior()
                     if sdims:
                         g = g * align(comp.scale, sdims, leaf.dims)
                     elif comp.scale != 1.0:

@@ -28,6 +28,18 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import effectful
 
 
+class TimeIndex(torch.Tensor):
+    """The time indices of one lag of a vectorized chain (``arange(i, T - history + i)``) that
+    format as their slice, so ``f"x_{t}"`` names a site ``x_slice(1, T, None)`` directly (no
+    per-element formatting). Operations on it return plain tensors."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+    lag: slice
+
+    def __format__(self, spec: str) -> str:
+        return str(self.lag)
+
+
 @effectful(type="markov_chain")
 def _markov_chain(name=None, markov_vars=frozenset(), suffixes=()):
     """The chain's variables at each suffix, as pyro.contrib.funsor reports it."""
@@ -38,7 +50,7 @@ class VectorizedMarkov(Messenger):
     """Iterate over a chain in ``2·history + 1`` passes; see the module docstring.
 
     :param name: the chain's name, also the name of its time plate.
-    :param size: the chain's length ``T`` (> ``history``).
+    :param size: the chain's length ``T`` (at least ``history`` and 1).
     :param dim: the time plate's dim (negative), as for ``pyro.plate``; None: the next free one.
     :param history: the chain's order: how many previous states each step depends on.
     """
@@ -49,8 +61,9 @@ class VectorizedMarkov(Messenger):
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError(f"vectorized_markov: history must be an int >= 0, got {history!r}")
         size = int(size)
-        if size <= history:
-            raise ValueError(f"vectorized_markov '{name}': size must exceed history={history}, got {size}")
+        if size < max(history, 1):
+            raise ValueError(f"vectorized_markov '{name}': size must be at least max(history, 1)={max(history, 1)}, "
+                             f"got {size}")
         super().__init__()
         self.name, self.size, self.dim, self.history = name, size, dim, history
         self._suffix: Union[int, slice, None] = None
@@ -65,27 +78,34 @@ class VectorizedMarkov(Messenger):
             self._suffixes.append(i)
             yield i
         steps = self.size - self.history
+        if steps == 0:  # a chain no longer than its history: the first steps are all of it
+            self._suffix = None
+            _markov_chain(name=self.name, markov_vars=frozenset(), suffixes=list(self._suffixes))
+            return
         lags = [slice(i, steps + i) for i in range(self.history + 1)]
         self._suffixes.extend(lags)
         with self, pyro.plate(self.name, steps, dim=self.dim) as idx:
             for i, lag in enumerate(lags):
-                self._suffix, self._indices = lag, idx + i
-                yield self._indices
+                indices = (idx + i).as_subclass(TimeIndex)
+                indices.lag = lag
+                self._suffix, self._indices = lag, indices
+                yield indices
         self._suffix = None
         _markov_chain(name=self.name, markov_vars=frozenset(self._markov_vars), suffixes=list(self._suffixes))
 
     def _pyro_sample(self, msg: dict) -> None:
         if not isinstance(self._suffix, slice) or type(msg["fn"]).__name__ == "_Subsample":
             return
-        index = str(self._indices)
-        if msg["name"].endswith(index):
-            # "x_tensor([1, 2, ...])" → "x_slice(1, T, None)"
+        if not msg["name"].endswith(str(self._suffix)):
+            plain = self._indices.as_subclass(torch.Tensor)
+            index = next((i for i in (str(plain), str(self._indices)) if msg["name"].endswith(i)), None)
+            if index is None:
+                raise ValueError(
+                    f"vectorized_markov '{self.name}': site '{msg['name']}' inside the chain must be "
+                    "named after the loop index, e.g. pyro.sample(f\"x_{t}\", ...), so that its copies "
+                    "at each lag can be told apart")
+            # "x_tensor([1, 2, ...])" (str formatting) → "x_slice(1, T, None)"
             msg["name"] = msg["name"][: -len(index)] + str(self._suffix)
-        elif not msg["name"].endswith(str(self._suffix)):
-            raise ValueError(
-                f"vectorized_markov '{self.name}': site '{msg['name']}' inside the chain must be "
-                "named after the loop index, e.g. pyro.sample(f\"x_{t}\", ...), so that its copies "
-                "at each lag can be told apart")
         if self._suffix != self._suffixes[-1]:
             # an earlier lag: the same variable shifted in time, recorded but not scored
             msg["infer"]["_do_not_score"] = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
+import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
@@ -28,12 +29,58 @@ def compute_log_prob(trace: Trace) -> None:
         if site["type"] != "sample" or is_unscored(site) or "log_prob" in site:
             continue
         try:
-            log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            log_p = _broadcast_log_prob(site["fn"], site["value"])
+            if log_p is None:
+                log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
         except ValueError as e:
             shapes = trace.format_shapes(last_site=name)
             raise ValueError(f"Error while computing log_prob at site '{name}':\n{e}\n{shapes}") from e
         site["unscaled_log_prob"] = log_p
         site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
+
+
+#: distributions whose log-density is computed once per distinct parameter row, with the
+#: parameters that define them (the first of a group found on the instance is used)
+_COMPACT = {
+    dist.Categorical: (("logits", "probs"),),
+    dist.Bernoulli: (("logits", "probs"),),
+    dist.Normal: (("loc",), ("scale",)),
+    dist.Poisson: (("rate",),),
+}
+
+
+def _broadcast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
+    """``fn.log_prob(value)`` computed on the distinct rows of ``fn``'s parameters where they are
+    only expanded (stride 0) along batch dims, then broadcast as a view: a chain's transition
+    ``trans[x_prev]`` or an emission ``Normal(locs[x], scales[x])`` expanded over sequences and
+    time steps costs one evaluation per state, not per step (``log σ`` on ``K`` numbers, not
+    ``K·N·T``). None where nothing is expanded or the family is not one of ``_COMPACT``."""
+    base, event_dims = fn, 0
+    while isinstance(base, dist.Independent):
+        event_dims += base.reinterpreted_batch_ndims
+        base = base.base_dist
+    groups = _COMPACT.get(type(base))
+    if groups is None:
+        return None
+    params = {}
+    for group in groups:
+        name = next((n for n in group if n in base.__dict__), None)
+        if name is None:
+            return None
+        params[name] = base.__dict__[name]
+    batch = base.batch_shape
+    nb = len(batch)
+    dims = [i for i in range(nb) if batch[i] > 1
+            and all(p.dim() >= nb and (p.shape[i] == 1 or p.stride(i) == 0) for p in params.values())]
+    if not dims:
+        return None
+    index = tuple(slice(0, 1) if i in dims else slice(None) for i in range(nb))
+    compact = type(base)(**{n: p[index] for n, p in params.items()}, validate_args=False)
+    if event_dims:
+        compact = dist.Independent(compact, event_dims)
+    out = compact.log_prob(value)
+    full = torch.broadcast_shapes(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape)
+    return out.expand(full)
 
 
 def _plate_dims(site: dict) -> List[int]:

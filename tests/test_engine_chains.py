@@ -127,8 +127,8 @@ def test_vectorized_chain_of_history_two_is_refused():
 
 
 def test_vectorized_markov_checks_its_arguments():
-    with pytest.raises(ValueError, match="size must exceed history"):
-        pyroem.vectorized_markov("time", 1)
+    with pytest.raises(ValueError, match="size must be at least"):
+        pyroem.vectorized_markov("time", 1, history=2)
     with pytest.raises(ValueError, match="history"):
         pyroem.vectorized_markov("time", 5, history=-1)
 

@@ -1,5 +1,5 @@
-"""The batched forward E-step of the HMM estimators ("log" and "scan") against a textbook
-forward-backward written here in numpy, against hmmlearn, and against the engine path."""
+"""The HMM estimators (the engine's E-step, hmmlearn's M-step) against hmmlearn, with every
+``implementation`` name hmmlearn code passes, on short and long sequences."""
 import warnings
 
 import numpy as np
@@ -10,11 +10,9 @@ hmmlearn_hmm = pytest.importorskip("hmmlearn.hmm")
 
 import pyroem  # noqa: E402
 from pyroem.models import CategoricalHMM, GaussianHMM  # noqa: E402
-from pyroem.models._forward_backward import expectations, log_partition  # noqa: E402
 
 K, F, D = 3, 4, 2
-METHODS = ["forward", "scan"]
-IMPLEMENTATIONS = ["log", "scan"]
+IMPLEMENTATIONS = ["log", "scan"]   # hmmlearn code's names: both run the engine
 UNEQUAL = [70, 1, 25, 54]   # 150 samples, one sequence of a single step
 
 
@@ -58,89 +56,10 @@ def _pair(kind, implementation, seed=0, n=150, **kw):
     return _set(ours, **params), _set(ref, **params), X
 
 
-def _textbook(log_start, log_trans, log_emit):
-    """Scaled forward-backward (Rabiner): log p(y), γ (T, K) and Σ_t ξ_t (K, K) of one sequence."""
-    start, trans = np.exp(log_start), np.exp(log_trans)
-    shift = log_emit.max(1, keepdims=True)
-    emit = np.exp(log_emit - shift)
-    t_len = len(emit)
-    alpha, c = np.zeros_like(emit), np.zeros(t_len)
-    a = start * emit[0]
-    c[0] = a.sum()
-    alpha[0] = a / c[0]
-    for t in range(1, t_len):
-        a = (alpha[t - 1] @ trans) * emit[t]
-        c[t] = a.sum()
-        alpha[t] = a / c[t]
-    beta = np.ones_like(emit)
-    for t in range(t_len - 2, -1, -1):
-        beta[t] = trans @ (emit[t + 1] * beta[t + 1]) / c[t + 1]
-    xi = sum(alpha[t - 1][:, None] * trans * (emit[t] * beta[t])[None] / c[t] for t in range(1, t_len))
-    return np.log(c).sum() + shift.sum(), alpha * beta, xi
-
-
 def _padded(rs, lengths, k, scale=2.0):
     log_emit = rs.randn(len(lengths), max(lengths), k) * scale
     mask = np.arange(max(lengths))[None] < np.asarray(lengths)[:, None]
     return log_emit, mask
-
-
-# -- the module: gradients of log Z against an explicit backward recursion ------------------------
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_expectations_match_textbook_forward_backward(method, dtype):
-    """Unequal lengths (one of a single step), a forbidden start state and forbidden transitions."""
-    rs = np.random.RandomState(1)
-    k, lengths = 4, [9, 1, 17, 4]
-    start = np.array([0.5, 0.0, 0.3, 0.2])
-    trans = rs.dirichlet(np.ones(k), size=k)
-    trans[0, 1] = trans[2, 3] = 0.0
-    trans /= trans.sum(1, keepdims=True)
-    log_emit, mask = _padded(rs, lengths, k)
-    with np.errstate(divide="ignore"):
-        ls, lt = np.log(start), np.log(trans)
-    t = lambda a: torch.as_tensor(a, dtype=dtype)
-    log_z, gamma, xi = expectations(t(ls), t(lt), t(log_emit), torch.as_tensor(mask), method=method)
-    assert log_z.dtype == gamma.dtype == xi.dtype == dtype
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
-    xi_ref = np.zeros((k, k))
-    for n, length in enumerate(lengths):
-        lz_ref, g_ref, x_ref = _textbook(ls, lt, log_emit[n, :length])
-        xi_ref = xi_ref + x_ref
-        np.testing.assert_allclose(float(log_z[n]), lz_ref, **tol)
-        np.testing.assert_allclose(gamma[n, :length].numpy(), g_ref, **tol)
-        assert (gamma[n, length:] == 0).all()
-    np.testing.assert_allclose(xi.numpy(), xi_ref, **tol)
-    assert (xi[0, 1] == 0) and (xi[2, 3] == 0) and (gamma[:, 0, 1] == 0).all()
-    assert torch.isfinite(gamma).all() and torch.isfinite(xi).all()
-
-
-def test_scan_equals_forward_on_a_long_sequence():
-    """T = 5000 in float64: the log-depth reduction and the sequential recursion agree to 1e-9,
-    and both give hmmlearn's score and posteriors."""
-    ours, ref, X = _pair("gaussian-diag", "log", seed=2, n=5000)
-    ll = {}
-    for method in METHODS:
-        p = ours._param_tensors()
-        Xpad = torch.as_tensor(X, dtype=torch.float64)[None]
-        factors = ours._log_factors(Xpad, p)
-        ll[method] = expectations(*factors, torch.ones(1, len(X), dtype=torch.bool), method=method)
-    (lz_f, g_f, x_f), (lz_s, g_s, x_s) = ll["forward"], ll["scan"]
-    np.testing.assert_allclose(float(lz_s), float(lz_f), rtol=1e-9)
-    np.testing.assert_allclose(g_s.numpy(), g_f.numpy(), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(x_s.numpy(), x_f.numpy(), rtol=1e-9)
-    np.testing.assert_allclose(float(lz_f), ref.score(X), rtol=1e-10)
-    np.testing.assert_allclose(g_f[0].numpy(), ref.predict_proba(X), atol=1e-9)
-
-
-def test_log_partition_checks_its_arguments():
-    ls, lt = torch.zeros(3), torch.zeros(3, 3)
-    with pytest.raises(ValueError, match="method"):
-        log_partition(ls, lt, torch.zeros(1, 4, 3), torch.ones(1, 4, dtype=torch.bool), method="sideways")
-    with pytest.raises(ValueError, match="log_trans"):
-        log_partition(ls, torch.zeros(2, 2), torch.zeros(1, 4, 3), torch.ones(1, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="mask"):
-        log_partition(ls, lt, torch.zeros(1, 4, 3), torch.ones(1, 4))
 
 
 # -- the estimators against hmmlearn --------------------------------------------------------------
@@ -158,19 +77,6 @@ def test_fast_baum_welch_matches_hmmlearn(implementation, kind, lengths):
     assert ours.score(X, lengths) == pytest.approx(ref.score(X, lengths), rel=1e-10)
     np.testing.assert_allclose(ours.predict_proba(X, lengths), ref.predict_proba(X, lengths), atol=1e-10)
     np.testing.assert_array_equal(ours.predict(X, lengths), ref.predict(X, lengths))
-
-
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_fast_path_equals_engine_path(implementation):
-    """Same steps through the generic engine (tracing the Pyro model) and through the fast E-step."""
-    fast, _, X = _pair("categorical", implementation, seed=3)
-    engine, _, _ = _pair("categorical", "engine", seed=3)
-    fast.fit(X, UNEQUAL)
-    engine.fit(X, UNEQUAL)
-    np.testing.assert_allclose(fast.history_, engine.history_, rtol=1e-12)
-    for name in ("startprob_", "transmat_", "emissionprob_"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(engine, name), rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(fast.predict_proba(X, UNEQUAL), engine.predict_proba(X, UNEQUAL), atol=1e-12)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -214,7 +120,7 @@ def test_impossible_data_and_bad_implementation_raise():
     params = dict(startprob_=np.full(K, 1 / K), transmat_=np.full((K, K), 1 / K),
                   emissionprob_=np.tile([0.4, 0.3, 0.3, 0.0], (K, 1)))
     model = _set(CategoricalHMM(K, init_params="", n_iter=2), **params)
-    with pytest.raises(ValueError, match="sequence 0 .*probability 0"):
+    with pytest.raises(ValueError, match="-inf.*impossible.*'y_slice"):
         model.fit(X)
     ref = _set(hmmlearn_hmm.CategoricalHMM(K, n_features=F), **params)
     with np.errstate(divide="ignore"):
@@ -235,42 +141,6 @@ def test_fast_path_on_cuda_matches_hmmlearn(implementation):
     np.testing.assert_allclose(ours.monitor_.history, list(ref.monitor_.history), rtol=1e-10)
     np.testing.assert_allclose(ours.transmat_, ref.transmat_, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(ours.predict_proba(X, UNEQUAL), ref.predict_proba(X, UNEQUAL), atol=1e-10)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_no_underflow_when_the_best_emission_is_unreachable(method, dtype):
-    """State 1 explains every observation 800 nats better but can never be reached: Rabiner's
-    scaled recursion underflows (exp(-800) == 0) and the log-space recursion takes over."""
-    from pyroem.models._forward_backward import _forward_scaled
-
-    t_len, gap = 50, 800.0
-    rs = np.random.RandomState(0)
-    log_emit = torch.as_tensor(np.stack([rs.randn(t_len), rs.randn(t_len) + gap], -1)[None], dtype=dtype)
-    log_start = torch.as_tensor([0.0, -np.inf], dtype=dtype)
-    log_trans = torch.as_tensor([[0.0, -np.inf], [-np.inf, 0.0]], dtype=dtype)
-    mask = torch.ones(1, t_len, dtype=torch.bool)
-    assert not np.isfinite(float(_forward_scaled(log_start, log_trans, log_emit, mask)))
-    log_z, gamma, xi = expectations(log_start, log_trans, log_emit, mask, method=method)
-    expected = float(log_emit[0, :, 0].double().sum())
-    np.testing.assert_allclose(float(log_z), expected, rtol=1e-12 if dtype == torch.float64 else 1e-6)
-    np.testing.assert_array_equal(gamma[0].numpy(), np.tile([1.0, 0.0], (t_len, 1)))
-    np.testing.assert_array_equal(xi.numpy(), [[t_len - 1, 0.0], [0.0, 0.0]])
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 40])
-def test_scan_chunk_lengths_match_textbook(chunk):
-    """Chunks that split sequences anywhere, padding inside and after chunks."""
-    from pyroem.models._forward_backward import _scan
-
-    rs = np.random.RandomState(chunk)
-    k, lengths = 3, [23, 5, 1, 12]
-    log_start, log_trans = np.log(rs.dirichlet(np.ones(k))), np.log(rs.dirichlet(np.ones(k), size=k))
-    log_emit, mask = _padded(rs, lengths, k)
-    log_z = _scan(torch.as_tensor(log_start), torch.as_tensor(log_trans), torch.as_tensor(log_emit),
-                  torch.as_tensor(mask), chunk=chunk)
-    ref = [_textbook(log_start, log_trans, log_emit[n, :length])[0] for n, length in enumerate(lengths)]
-    np.testing.assert_allclose(log_z.numpy(), ref, rtol=1e-12)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
