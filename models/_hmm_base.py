@@ -20,8 +20,7 @@ from pyro.distributions import constraints
 from torch.distributions import transform_to
 from tqdm.auto import tqdm
 
-from pyroem import EM, MonotonicityWarning, log_likelihood
-from pyroem.chain_kernels import choose_method
+from pyroem import EM, MonotonicityWarning, decode, log_likelihood
 
 from ._exceptions import NotFittedError
 from ._hmm_inputs import (
@@ -34,7 +33,6 @@ from ._hmm_inputs import (
     pad_sequences,
     random_state_of,
 )
-from ._hmm_viterbi import BLOCKED_MAX_STATES, viterbi, viterbi_blocked
 
 DECODERS = ("viterbi", "map")
 #: accepted values of ``implementation``; every one runs the engine, which eliminates the chain by
@@ -127,8 +125,6 @@ class BaseHMM:
 
     #: parameter codes: one letter per fitted parameter, e.g. "s" startprob, "t" transmat.
     _codes = "st"
-    #: whether Viterbi may run blocked in time on long sequences (see ``decode``)
-    _decode_blocked = True
 
     def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0,
                  algorithm: str = "viterbi", random_state=None, n_iter: int = 10, tol: float = 1e-2,
@@ -445,14 +441,14 @@ class BaseHMM:
         self._check_fitted()
         self._check()
         X, lengths, Xpad, mask = self._prepare(X, lengths)
-        p = self._param_tensors()
-        with torch.no_grad():
-            log_emit = self._log_emission(Xpad, p)
-            blocked = (self._decode_blocked and choose_method(log_emit.shape[1]) == "scan"
-                       and self.n_components <= BLOCKED_MAX_STATES)
-            decoder = viterbi_blocked if blocked else viterbi
-            log_prob, states = decoder(torch.log(p["startprob"]), torch.log(p["transmat"]), log_emit, mask)
-        return float(log_prob.sum()), states[mask].cpu().numpy()
+        store = pyro.get_param_store()
+        with store.scope(), torch.no_grad():
+            self._load_store()
+            found = decode(self._pyro_model(), Xpad, mask)
+        states = found["x_0"]
+        if Xpad.shape[1] > 1:
+            states = torch.cat([states, found[f"x_{slice(1, Xpad.shape[1], None)}"]], dim=1)
+        return found.log_prob, states[mask].cpu().numpy()
 
     def predict(self, X, lengths=None) -> np.ndarray:
         """Most likely state of every sample (``algorithm``, Viterbi by default)."""

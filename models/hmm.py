@@ -40,7 +40,11 @@ def _categorical(probs: torch.Tensor, probs_constraint: constraints.Constraint) 
     from their logarithm, so that an exact zero stays impossible (``probs=`` clamps it to eps)."""
     if probs_constraint is constraints.simplex:
         return dist.Categorical(probs)
-    return dist.Categorical(logits=probs.log())
+    out = dist.Categorical(logits=probs.log())
+    # the table's own logarithms, not renormalized (rows already sum to one): the log-probabilities
+    # hmmlearn computes, to the bit, so exactly tied Viterbi paths resolve the same way
+    out.logits = probs.log()
+    return out
 
 
 def _chain_params(n_components: int, probs_constraint: constraints.Constraint):
@@ -60,12 +64,27 @@ def _steps(X: torch.Tensor, mask: torch.Tensor):
             yield t, X[:, t], mask[:, t]
 
 
+def _transition(startprob: torch.Tensor, transmat: torch.Tensor, x, m: torch.Tensor, padded: bool,
+                probs_constraint: constraints.Constraint) -> dist.Categorical:
+    """The state's distribution: ``startprob`` first, then ``transmat[x_prev]``; past a sequence's
+    end the chain stays where it is (an identity row), so padded steps change neither ``log p(X)``
+    (each identity row sums to one) nor the most probable path (its maximum is one)."""
+    if x is None:
+        return _categorical(startprob, probs_constraint)
+    row = transmat[x]
+    if padded:
+        stay = torch.eye(transmat.shape[-1], dtype=row.dtype, device=row.device)[x]
+        row = torch.where(m.unsqueeze(-1), row, stay)
+    return _categorical(row, probs_constraint)
+
+
 def categorical_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int, n_features: int,
                           probs_constraint: constraints.Constraint = constraints.simplex) -> None:
     """HMM with categorical emissions over ``N`` padded sequences.
 
     :param X: ``(N, T)`` int symbols; padded steps hold any valid symbol.
-    :param mask: ``(N, T)`` bool, False on padded steps (their emission is masked out).
+    :param mask: ``(N, T)`` bool, False on padded steps: their emission is masked out and the
+        chain stays in its last state through them.
     :param probs_constraint: constraint of ``startprob``, ``transmat``, ``emissionprob``
         (rows on the simplex). The estimator passes ``constraints.real``: its closed-form
         updates keep exact zeros (forbidden transitions, unseen symbols), which the simplex's
@@ -76,10 +95,11 @@ def categorical_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int
         "emissionprob", lambda: torch.full((n_components, n_features), 1.0 / n_features),
         constraint=probs_constraint,
     )
+    padded = not bool(mask.all())
     with pyro.plate("sequences", X.shape[0], dim=-2):
         x = None
         for t, y, m in _steps(X, mask):
-            x = pyro.sample(f"x_{t}", _categorical(startprob if x is None else transmat[x], probs_constraint))
+            x = pyro.sample(f"x_{t}", _transition(startprob, transmat, x, m, padded, probs_constraint))
             with poutine.mask(mask=m):
                 pyro.sample(f"y_{t}", _categorical(emissionprob[x], probs_constraint), obs=y)
 
@@ -90,7 +110,7 @@ def gaussian_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int,
     """HMM with Gaussian emissions over ``N`` padded sequences.
 
     :param X: ``(N, T, D)`` observations; padded steps hold any finite value.
-    :param mask: ``(N, T)`` bool, False on padded steps.
+    :param mask: ``(N, T)`` bool, False on padded steps (as in ``categorical_hmm_model``).
     :param covariance_type: shape of ``covars``: ``"spherical"`` (K,), ``"diag"`` (K, D),
         ``"full"`` (K, D, D) or ``"tied"`` (D, D).
     """
@@ -108,10 +128,11 @@ def gaussian_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int,
         covars = pyro.param("covars", lambda: torch.eye(d, dtype=X.dtype, device=X.device).expand(shape).clone(),
                             constraint=constraints.positive_definite)
         scale_tril = torch.linalg.cholesky(covars).expand(k, d, d)
+    padded = not bool(mask.all())
     with pyro.plate("sequences", X.shape[0], dim=-2):
         x = None
         for t, y, m in _steps(X, mask):
-            x = pyro.sample(f"x_{t}", _categorical(startprob if x is None else transmat[x], probs_constraint))
+            x = pyro.sample(f"x_{t}", _transition(startprob, transmat, x, m, padded, probs_constraint))
             if scale_tril is None:
                 emission = dist.Normal(means[x], scale[x]).to_event(1)
             else:
@@ -131,9 +152,6 @@ class CategoricalHMM(BaseHMM):
     """
 
     _codes = "ste"
-    # discrete emissions make exactly tied paths common; the blocked decoder sums in another
-    # order and could break such ties unlike hmmlearn, so decoding stays sequential
-    _decode_blocked = False
     model = staticmethod(categorical_hmm_model)
 
     def __init__(self, n_components: int = 1, startprob_prior=1.0, transmat_prior=1.0, *,

@@ -13,8 +13,11 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import infer_discrete
 
+from .estep import _build_blocks, _chain_of, _single_leaf, chain_tables, factor_components
 from .handlers import LatentPolicy, is_unscored
 from .model_trace import ModelTracer, compute_log_prob
+from .packing import align, with_dims
+from .viterbi import chain_viterbi
 from .validation import check_model, require_observed
 
 
@@ -37,14 +40,20 @@ def decode(model: Callable, *args, **kwargs) -> Decoding:
     check_model(model)
     tracer = ModelTracer(model)
     tracer.ensure_probed(args, kwargs)
-    decoder = infer_discrete(LatentPolicy(enumerate=True)(model),
-                             first_available_dim=-1 - tracer.max_plate_nesting, temperature=0)
     with torch.no_grad():
-        trace = poutine.trace(decoder).get_trace(*args, **kwargs)
-    latents = [name for name, site in trace.nodes.items()
-               if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
-               and not site["is_observed"]]
-    values = {name: trace.nodes[name]["value"] for name in latents}
+        trace = tracer.trace(args, kwargs)
+    parts = factor_components(trace)
+    if parts.chains:
+        values = _decode_vectorized(trace, parts)
+    else:
+        decoder = infer_discrete(LatentPolicy(enumerate=True)(model),
+                                 first_available_dim=-1 - tracer.max_plate_nesting, temperature=0)
+        with torch.no_grad():
+            trace = poutine.trace(decoder).get_trace(*args, **kwargs)
+        latents = [name for name, site in trace.nodes.items()
+                   if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel"
+                   and not site["is_observed"]]
+        values = {name: trace.nodes[name]["value"] for name in latents}
     # log p(x*, y): the model again, its latents fixed at x*; as in the contraction, a latent's
     # factor counts whole (its mask ignored) and observed factors as masked and scaled
     with torch.no_grad():
@@ -62,3 +71,57 @@ def decode(model: Callable, *args, **kwargs) -> Decoding:
             else:
                 total += float(site["log_prob"].sum())
     return Decoding({k: v.detach() for k, v in values.items()}, total)
+
+
+def _site_layout(t: torch.Tensor, dims: str, site: dict, trace) -> torch.Tensor:
+    """``t`` (packed ``dims``, plate symbols) in the layout of the site's value: its plates at
+    their Pyro dims, size 1 elsewhere."""
+    frames = {f.dim: trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized}
+    depth = max((-d for d in frames), default=0)
+    order = [frames.get(d) for d in range(-depth, 0)]
+    present = "".join(sym for sym in order if sym is not None and sym in dims)
+    t = align(t, dims, present) if dims else t
+    shape = [t.shape[present.index(sym)] if sym is not None and sym in present else 1 for sym in order]
+    return t.reshape(shape)
+
+
+def _decode_vectorized(trace, parts) -> Dict[str, torch.Tensor]:
+    """Max-product on the E-step's own tables for a model with vectorized Markov chains: Viterbi
+    along each chain (``chain_viterbi``), an argmax over each lone latent's table; any other
+    structure is refused."""
+    by_symbol = {sym: name for name, sym in parts.enum_symbols.items()}
+    values: Dict[str, torch.Tensor] = {}
+    for comp in parts.components:
+        chain = _chain_of(comp, parts.chains)
+        _build_blocks(comp, parts.dim_size, parts.site_ordinals, differentiable=True,
+                      apart=chain.shifted if chain is not None else "")
+        for b in comp.blocks:
+            with_dims(b.tensor, b.dims)
+        if chain is None:
+            if not _single_leaf(comp):
+                sites = ", ".join(sorted(f"'{by_symbol[d]}'" for d in comp.sum_dims))
+                raise ValueError(f"decode: the latents {sites} form a structure the decoder of models with "
+                                 "vectorized Markov chains does not handle (chains and single latents per plate element)")
+            b = comp.blocks[0]
+            latent = [d for d in b.dims if d in comp.sum_dims]
+            rest = "".join(d for d in b.dims if d not in comp.sum_dims)
+            t = align(b.tensor, b.dims, rest + "".join(latent))
+            flat = t.reshape(t.shape[:len(rest)] + (-1,)).argmax(-1)
+            for d in reversed(latent):
+                n = parts.dim_size[d]
+                values[by_symbol[d]] = _site_layout(flat % n, rest, trace.nodes[by_symbol[d]], trace)
+                flat = flat // n
+            continue
+        tab = chain_tables(comp, chain, parts.dim_size)
+        _, states = chain_viterbi(tab.init, tab.trans,
+                                  tab.emit if tab.emit is not None else tab.init.new_zeros(
+                                      (tab.init.shape[0], parts.dim_size[chain.time], tab.init.shape[1])))
+        for i in reversed(range(len(chain.current))):
+            n = tab.ks[i]
+            st = (states % n).reshape(tab.outer_shape + [states.shape[-1]])
+            states = states // n
+            first, shifted, current = (by_symbol[sym[i]] for sym in (chain.first, chain.shifted, chain.current))
+            values[first] = _site_layout(st[..., 0], tab.keep, trace.nodes[first], trace)
+            for name, part in ((shifted, st[..., :-1]), (current, st[..., 1:])):
+                values[name] = _site_layout(part, tab.keep + chain.time, trace.nodes[name], trace)
+    return values

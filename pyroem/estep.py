@@ -153,16 +153,20 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 
 
 def _build_blocks(comp: Component, dim_size: Dict[str, int],
-                  site_ordinals: Dict[str, frozenset], differentiable: bool, lazy: bool = False) -> None:
+                  site_ordinals: Dict[str, frozenset], differentiable: bool, lazy: bool = False,
+                  apart: str = "") -> None:
     """Sum factors of one ordinal whose dims nest into one leaf; add zero probes so that the
-    posterior over every factor's variables is available at full plate resolution."""
+    posterior over every factor's variables is available at full plate resolution. Factors
+    that touch a dim of ``apart`` (a chain's previous state) and factors that do not are kept in
+    separate leaves (a chain's transitions and emissions, added in the recursion's own order)."""
     # Largest first, contiguous before broadcast views: a block takes the memory layout of the
     # factor it starts from, and the posteriors read off it (responsibilities) inherit that layout.
     for f in sorted(comp.factors, key=lambda f: (-_compact(f.tensor).numel(), not f.tensor.is_contiguous())):
         fd = dims_of(f.tensor)
         home = None
+        side = bool(set(fd) & set(apart))
         for b in comp.blocks:
-            if b.ordinal == f.ordinal and set(fd) <= set(b.dims):
+            if b.ordinal == f.ordinal and set(fd) <= set(b.dims) and side == bool(set(b.dims) & set(apart)):
                 if home is None or b.tensor.numel() < home.tensor.numel():
                     home = b
         if home is None:
@@ -434,13 +438,34 @@ def _chain_dims(trace: Trace, chains: Dict[str, MarkovChain], enum_symbols: Dict
     return out
 
 
+class ChainTables(NamedTuple):
+    """A vectorized chain's factors as ``chain_log_partition`` takes them, batched over the
+    plates ``keep`` that hold the chain (``outer_shape``); states flattened over the chain's
+    variables (``ks`` values each)."""
+
+    init: torch.Tensor
+    trans: torch.Tensor
+    emit: Optional[torch.Tensor]
+    probe: Optional[torch.Tensor]
+    keep: str
+    outer_shape: List[int]
+    ks: List[int]
+
+
 def _contract_chain(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
                     differentiable: bool = True, probes: Optional[Dict[int, torch.Tensor]] = None) -> torch.Tensor:
-    """log Z of a component holding a vectorized chain: the factors of the first step summed into
-    ``init(x_0)``, those inside the time plate into per-step matrices ``trans_t(x_{t-1}, x_t)``
-    (factors that touch the previous state) and ``emit_t(x_t)`` (the others), every block
-    summed over its inner plates first; then :func:`chain_log_partition` along time, batched
-    over the plates that hold the chain."""
+    """log Z of a component holding a vectorized chain: :func:`chain_tables`, then
+    :func:`chain_log_partition` along time."""
+    tab = chain_tables(comp, chain, dim_size, differentiable, probes)
+    log_z = chain_log_partition(tab.init, tab.trans, tab.emit, probe=tab.probe, first_order=not differentiable)
+    return with_dims(log_z.reshape(tab.outer_shape), tab.keep)
+
+
+def chain_tables(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
+                 differentiable: bool = True, probes: Optional[Dict[int, torch.Tensor]] = None) -> ChainTables:
+    """The factors of the first step summed into ``init(x_0)``, those inside the time plate into
+    per-step matrices ``trans_t(x_{t-1}, x_t)`` (factors that touch the previous state) and
+    ``emit_t(x_t)`` (the others), every block summed over its inner plates first."""
     keep = "".join(sorted(comp.target))
     tau = chain.time
     if tau in comp.target:
@@ -499,8 +524,7 @@ def _contract_chain(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
         emit = init.new_zeros((batch, steps, k))
     if probe is not None:
         probe = probe.expand(outer_shape + [steps] + ks + ks).reshape(batch, steps, k, k)
-    log_z = chain_log_partition(init, trans, emit, probe=probe, first_order=not differentiable)
-    return with_dims(log_z.reshape(outer_shape), keep)
+    return ChainTables(init, trans, emit, probe, keep, outer_shape, ks)
 
 
 @dataclass
@@ -519,14 +543,22 @@ class EStep:
     total: float = float("nan")  # log_likelihood accumulated in float64
 
 
-def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
-    """Contract an enumerated trace (``log_prob`` already computed).
+class TraceFactors(NamedTuple):
+    """An enumerated trace as factors: the components to contract, the constant sites."""
 
-    With ``differentiable=False`` the factors are detached, made autograd leaves and the
-    posterior of every leaf is stored in ``block.grad`` (one backward pass). With
-    ``differentiable=True`` the result keeps its graph to the parameters, for
-    ``log p(y | θ)`` that can itself be differentiated.
-    """
+    components: List[Component]
+    chains: List[ChainDims]
+    dim_size: Dict[str, int]
+    site_ordinals: Dict[str, frozenset]
+    enum_symbols: Dict[str, str]
+    constant_sites: List[str]
+    constant_factors: Dict[str, torch.Tensor]
+    constant: object
+
+
+def factor_components(trace: Trace) -> TraceFactors:
+    """The trace's log-factors grouped into components connected through enumerated latents
+    (a vectorized chain's first state linked to its shifted copy)."""
     trace.pack_tensors()
     enum_symbols = {
         name: site["infer"]["_enumerate_symbol"]
@@ -570,11 +602,28 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
             for frame in site["cond_indep_stack"]:
                 if frame.vectorized:
                     dim_size.setdefault(trace.plate_to_symbol[frame.name], frame.size)
+    return TraceFactors(comps, chains, dim_size, site_ordinals, enum_symbols, constant_sites,
+                        constant_factors, constant)
+
+
+def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
+    """Contract an enumerated trace (``log_prob`` already computed).
+
+    With ``differentiable=False`` the factors are detached, made autograd leaves and the
+    posterior of every leaf is stored in ``block.grad`` (one backward pass). With
+    ``differentiable=True`` the result keeps its graph to the parameters, for
+    ``log p(y | θ)`` that can itself be differentiated.
+    """
+    parts = factor_components(trace)
+    comps, chains, dim_size = parts.components, parts.chains, parts.dim_size
+    site_ordinals, enum_symbols = parts.site_ordinals, parts.enum_symbols
+    constant_sites, constant_factors, constant = parts.constant_sites, parts.constant_factors, parts.constant
     pieces = []
     with torch.enable_grad():
         for comp in comps:
             chain = _chain_of(comp, chains)
-            _build_blocks(comp, dim_size, site_ordinals, differentiable, lazy=chain is not None)
+            _build_blocks(comp, dim_size, site_ordinals, differentiable, lazy=chain is not None,
+                          apart=chain.shifted if chain is not None else "")
             if not differentiable:
                 tree = not _single_leaf(comp)  # only the single-leaf logsumexp takes addends
                 for b in comp.blocks:

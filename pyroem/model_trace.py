@@ -1,6 +1,7 @@
 """Tracing a user's model under parallel enumeration of its discrete latents."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
@@ -9,6 +10,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
 from pyro.distributions.util import scale_and_mask
+from torch.distributions.utils import probs_to_logits
 
 from .handlers import (
     LatentPolicy,
@@ -49,6 +51,23 @@ _COMPACT = {
 }
 
 
+#: below this many batch elements a log-density is cheap either way: not worth a second distribution
+_COMPACT_FROM = 1 << 12
+
+
+def _broadcast_shape(a, b) -> torch.Size:
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return torch.Size(y if x == 1 else x for x, y in zip(a, b))
+
+
+def _categorical_log_prob(table: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``Categorical.log_prob``: the entry of ``table`` (log-probabilities, ``batch + (K,)``) at ``value``."""
+    value = value.long().unsqueeze(-1)
+    value, table = torch.broadcast_tensors(value, table)
+    return table.gather(-1, value[..., :1]).squeeze(-1)
+
+
 def _broadcast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
     """``fn.log_prob(value)`` computed on the distinct rows of ``fn``'s parameters where they are
     only expanded (stride 0) along batch dims, then broadcast as a view: a chain's transition
@@ -69,18 +88,27 @@ def _broadcast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
             return None
         params[name] = base.__dict__[name]
     batch = base.batch_shape
+    if math.prod(batch) < _COMPACT_FROM:
+        return None
     nb = len(batch)
     dims = [i for i in range(nb) if batch[i] > 1
             and all(p.dim() >= nb and (p.shape[i] == 1 or p.stride(i) == 0) for p in params.values())]
     if not dims:
         return None
     index = tuple(slice(0, 1) if i in dims else slice(None) for i in range(nb))
+    if type(base) is dist.Categorical:
+        # its log_prob is a look-up in its (already normalized) table: done on the distinct rows
+        if "logits" in params:
+            table = params["logits"][index]
+        else:
+            table = probs_to_logits(params["probs"][index])
+        out = _categorical_log_prob(table, value)
+        return out.expand(_broadcast_shape(value.shape, fn.batch_shape))
     compact = type(base)(**{n: p[index] for n, p in params.items()}, validate_args=False)
     if event_dims:
         compact = dist.Independent(compact, event_dims)
     out = compact.log_prob(value)
-    full = torch.broadcast_shapes(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape)
-    return out.expand(full)
+    return out.expand(_broadcast_shape(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape))
 
 
 def _plate_dims(site: dict) -> List[int]:

@@ -202,7 +202,7 @@ def test_funsor_vectorized_markov_log_likelihood_equals_trace_markov_enum_elbo()
     with pyro_backend("contrib.funsor"):
         api.clear_param_store()
         ours = float(pyroem.log_likelihood(model, data).detach())
-        theirs = -float(infer.TraceMarkovEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, lambda d: None, data))
+        theirs = -float(infer.TraceMarkovEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, lambda d: None, data).detach())
     hand = forward_backward_np(np.array(PI), np.array(A), norm.pdf(np_(data)[:, None], np.array(LOCS)[None], 1.0))[0]
     assert ours == pytest.approx(theirs, rel=1e-12)
     assert ours == pytest.approx(hand, rel=1e-12)
@@ -246,7 +246,7 @@ def test_funsor_example_model_with_lengths_mask_tones_and_map_sites():
         values = {k: v.detach() for k, v in em.params.items()}
         guide = AutoDelta(handlers.block(model, expose_fn=lambda msg: msg["name"].startswith("probs_")),
                           init_loc_fn=lambda site: values[site["name"]])
-        theirs = -float(infer.TraceMarkovEnum_ELBO(max_plate_nesting=3).differentiable_loss(model, guide, seqs, lengths))
+        theirs = -float(infer.TraceMarkovEnum_ELBO(max_plate_nesting=3).differentiable_loss(model, guide, seqs, lengths).detach())
     assert ours == pytest.approx(theirs, rel=1e-12)
 
 
@@ -258,3 +258,70 @@ def test_unscored_latent_outside_a_chain_is_refused():
 
     with pytest.raises(ValueError, match="'z'.*no vectorized Markov chain"):
         pyroem.EM(model).e_step(torch.tensor(0.3))
+
+
+# --- MAP decoding of vectorized chains ---------------------------------------------------------
+def test_decode_vectorized_chain_equals_brute_force_and_the_pyro_markov_chain():
+    y = Y[:, :5]
+    pyro.clear_param_store()
+    ours = pyroem.decode(gaussian_hmm("vectorized"), y)
+    pyro.clear_param_store()
+    markov = pyroem.decode(gaussian_hmm("markov"), y)
+    T = y.shape[1]
+    path = torch.cat([ours[f"x_{0}"], ours[f"x_{slice(1, T, None)}"]], dim=-1)       # (2, T)
+    assert torch.equal(ours[f"x_{slice(0, T - 1, None)}"], path[:, :-1])
+    total = 0.0
+    for n in range(y.shape[0]):
+        best, best_path = -np.inf, None
+        for cand in itertools.product(range(K), repeat=T):
+            s = np.log(PI[cand[0]]) + norm.logpdf(float(y[n, 0]), LOCS[cand[0]], 1.0)
+            for t in range(1, T):
+                s += np.log(A[cand[t - 1]][cand[t]]) + norm.logpdf(float(y[n, t]), LOCS[cand[t]], 1.0)
+            if s > best:
+                best, best_path = s, cand
+        total += best
+        assert tuple(path[n].tolist()) == best_path
+        assert tuple(markov[f"x_{t}"].reshape(-1)[n].item() for t in range(T)) == best_path
+    assert ours.log_prob == pytest.approx(total, rel=1e-12)
+    assert markov.log_prob == pytest.approx(total, rel=1e-12)
+
+
+def test_decode_time_varying_chain_with_a_mixture_latent_beside_it():
+    """A transition that depends on a covariate at each step, and an unrelated mixture latent:
+    every latent decoded jointly (brute force)."""
+    T = 4
+    y = torch.tensor([0.2, 1.9, 2.4, -0.1], dtype=torch.float64)
+    u = torch.tensor([0.0, 1.0, -1.0, 0.5], dtype=torch.float64)
+    w = torch.tensor([1.1, -0.4], dtype=torch.float64)
+
+    def model(y, u, w):
+        base = torch.tensor([[1.0, -1.0], [-0.5, 0.8]], dtype=torch.float64)
+        x = None
+        for t in pyroem.vectorized_markov(name="time", size=T, dim=-1):
+            if x is None:
+                logits = torch.zeros(2, dtype=torch.float64)
+            else:
+                logits = base[x] + u[t].unsqueeze(-1) * torch.tensor([0.0, 1.0], dtype=torch.float64)
+            x = pyro.sample(f"x_{t}", dist.Categorical(logits=logits))
+            pyro.sample(f"y_{t}", dist.Normal(2.0 * x.to(y.dtype), 1.0), obs=y[t])
+        with pyro.plate("pts", 2):
+            z = pyro.sample("z", dist.Categorical(torch.tensor([0.3, 0.7], dtype=torch.float64)))
+            pyro.sample("w", dist.Normal(torch.tensor([-1.0, 1.0], dtype=torch.float64)[z], 1.0), obs=w)
+
+    got = pyroem.decode(model, y, u, w)
+    base = np.array([[1.0, -1.0], [-0.5, 0.8]])
+    best, best_path = -np.inf, None
+    for cand in itertools.product(range(2), repeat=T):
+        s = np.log(0.5) + norm.logpdf(float(y[0]), 2.0 * cand[0], 1.0)
+        for t in range(1, T):
+            logits = base[cand[t - 1]] + float(u[t]) * np.array([0.0, 1.0])
+            s += logits[cand[t]] - np.logaddexp(*logits) + norm.logpdf(float(y[t]), 2.0 * cand[t], 1.0)
+        if s > best:
+            best, best_path = s, cand
+    path = torch.cat([got["x_0"].reshape(1), got[f"x_{slice(1, T, None)}"]]).tolist()
+    assert tuple(path) == best_path
+    z_best = [int(np.argmax([np.log(p) + norm.logpdf(float(v), m, 1.0) for p, m in ((0.3, -1.0), (0.7, 1.0))]))
+              for v in w]
+    assert got["z"].tolist() == z_best
+    z_total = sum(max(np.log(p) + norm.logpdf(float(v), m, 1.0) for p, m in ((0.3, -1.0), (0.7, 1.0))) for v in w)
+    assert got.log_prob == pytest.approx(best + z_total, rel=1e-12)

@@ -183,7 +183,7 @@ def test_blocked_viterbi_block_lengths_match_brute_force(chunk):
     """Every path of a 4-state, 7-step chain scored by hand; padded sequences included."""
     from itertools import product
 
-    from pyroem.models._hmm_viterbi import viterbi_blocked
+    from pyroem.viterbi import viterbi_blocked
 
     rs = np.random.RandomState(chunk)
     k, lengths = 4, [7, 3, 1, 6]

@@ -1,4 +1,8 @@
-"""Viterbi decoding of a batch of padded sequences, vectorized over sequences and states."""
+"""Viterbi decoding (max-product along a chain), vectorized over sequences and states.
+
+:func:`viterbi` and :func:`viterbi_blocked` decode padded sequences of a chain with one shared
+transition matrix (hmmlearn's tie-breaking); :func:`chain_viterbi` decodes the chain tables the
+E-step builds (``pyroem.chain_kernels``), whose transitions may vary along time and batch."""
 from __future__ import annotations
 
 import math
@@ -13,7 +17,7 @@ def _best_predecessor(delta: torch.Tensor, trans_rev: torch.Tensor) -> Tuple[tor
     ``delta``), ties to the last maximal ``i``: the max runs over the reversed rows
     ``trans_rev = log A.flip(0)``, where the first maximum is the last one of the original order."""
     best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
-    return best, trans_rev.shape[0] - 1 - idx
+    return best, trans_rev.shape[-2] - 1 - idx
 
 
 def _backtrack(pointers, end: int) -> list:
@@ -212,3 +216,30 @@ def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: 
         state = psi[:, :, s].gather(-1, state.unsqueeze(-1)).squeeze(-1)
     out = torch.cat((state[:, :1], states.reshape(n_seq, n_blocks * c)[:, :steps]), dim=1)
     return log_prob, out
+
+
+def chain_viterbi(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(max log score (B,), states (B, T + 1))`` of the chains ``init`` ``(B, K)``, ``trans``
+    ``(1 | B, 1 | T, K, K)`` (rows: the state before the step), ``emit`` ``(B, T, K)``: the
+    argmax of ``init[x_0] + Σ_t trans_t[x_{t-1}, x_t] + emit_t[x_t]``."""
+    from .chain_kernels import SCAN_FROM
+
+    b, steps, k = emit.shape
+    if trans.shape[0] == 1 and trans.shape[1] == 1:
+        log_emit = torch.cat([init.unsqueeze(1), emit], dim=1)
+        mask = torch.ones(log_emit.shape[:2], dtype=torch.bool, device=emit.device)
+        decoder = viterbi_blocked if steps + 1 >= SCAN_FROM and k <= BLOCKED_MAX_STATES else viterbi
+        return decoder(torch.zeros(k, dtype=emit.dtype, device=emit.device), trans[0, 0], log_emit, mask)
+    delta = init
+    pointers = []
+    rev = trans.flip(-2)
+    for t in range(steps):
+        best, ptr = _best_predecessor(delta, rev[:, 0 if rev.shape[1] == 1 else t])
+        delta = best + emit[:, t]
+        pointers.append(ptr)
+    score, state = delta.max(-1)
+    states = [state]
+    for ptr in reversed(pointers):
+        state = ptr.gather(-1, state.unsqueeze(-1)).squeeze(-1)
+        states.append(state)
+    return score, torch.stack(states[::-1], dim=1)
