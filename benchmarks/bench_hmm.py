@@ -1,19 +1,20 @@
-"""Baum-Welch per-step time: hmmlearn against pyroem's HMM estimators, in one process.
+"""Baum-Welch per-step time: hmmlearn against pyroem's HMM estimators and users' own Pyro HMMs, in one process.
 
 Both libraries fit the same data from the same initial parameters (set as attributes,
 ``init_params=""``, ``tol=-inf`` so every step runs); timings are medians over rounds that
-interleave the libraries, and the final log-likelihoods (``score`` at the fitted parameters)
+interleave the contenders, and the final log-likelihoods (``score`` at the fitted parameters)
 are printed with their relative difference to hmmlearn's after as many steps, so one can check
 that both computed the same steps.
 
 Cases: GaussianHMM (diag, K=8, D=2) and CategoricalHMM (K=8, 6 symbols), each on
 (a) one long sequence, T = 100 000, and (b) 1 000 sequences of T = 100.
-pyroem runs with ``implementation="log"`` (forward recursion, sequential in time) and
-``implementation="scan"`` (parallel in time); on the short sequences also with
-``implementation="engine"`` (the estimator's Pyro model and updates through ``pyroem.EM``) and as
-"Pyro model, default EM": the same HMM written by a user with ``pyro.markov`` and fitted by
-``pyroem.EM(model).fit`` without updates (maximum likelihood: no covariance prior, so its
-log-likelihood differs a little from hmmlearn's MAP-regularized one).
+Contenders: hmmlearn; ``pyroem`` (the estimator: its Pyro model and closed-form updates run by
+``pyroem.EM``); "Pyro model (vectorized_markov), default EM": the same HMM written by a user
+with ``pyroem.vectorized_markov`` and fitted by ``pyroem.EM(model).fit`` without updates (maximum
+likelihood: no covariance prior, so its log-likelihood differs a little from hmmlearn's
+MAP-regularized one); on the short sequences also "Pyro model (pyro.markov), default EM", the
+chain written step by step. A second table times Pyro's ``examples/hmm.py`` ``model_1``
+(``tests/user_models.py``, 20 sequences x 20 steps x 8 tones) per EM step, and a third Viterbi.
 
     python benchmarks/bench_hmm.py --threads 1 --steps 5 --markdown
 """
@@ -29,8 +30,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="threads for torch and BLAS (default: library default)")
     ap.add_argument("--steps", type=int, default=5, help="Baum-Welch steps per timed fit (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the median is shown (default 3)")
-    ap.add_argument("--long-forward-steps", type=int, default=1,
-                    help="steps for implementation='log' on the long sequence, which is slow (default 1; 0 skips it)")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="pyroem's dtype")
     ap.add_argument("--n-long", type=int, default=100_000, help="length of the long sequence")
     ap.add_argument("--n-seq", type=int, default=1000, help="number of short sequences")
@@ -79,16 +78,15 @@ def make_data(kind: str, n_total: int, seed: int = 0):
     return X, init
 
 
-def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, implementation: str = "log",
-          shape=None):
-    if lib == "user":
-        return UserHMM(kind, init, steps, *shape)
+def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, shape=None):
+    if lib in ("user", "vectorized"):
+        return UserHMM(kind, init, steps, *shape, vectorized=lib == "vectorized")
     kw = dict(n_components=K, n_iter=steps, tol=-np.inf, init_params="")
     if lib == "hmmlearn":
         model = (hmmlearn_hmm.GaussianHMM(covariance_type="diag", **kw) if kind == "gaussian"
                  else hmmlearn_hmm.CategoricalHMM(n_features=F, **kw))
     else:
-        kw.update(dtype=dtype, implementation=implementation)
+        kw.update(dtype=dtype)
         model = (GaussianHMM(covariance_type="diag", **kw) if kind == "gaussian"
                  else CategoricalHMM(n_features=F, **kw))
     for name, value in init.items():
@@ -96,11 +94,14 @@ def build(lib: str, kind: str, init: dict, steps: int, dtype: torch.dtype, imple
     return model
 
 
-def user_model(kind: str, n_seq: int, t_len: int):
-    """The HMM as a user writes it: a sequences plate, ``pyro.markov`` over time."""
+def user_model(kind: str, n_seq: int, t_len: int, vectorized: bool):
+    """The HMM as a user writes it: a sequences plate, the chain over time as a
+    ``pyroem.vectorized_markov`` or a ``pyro.markov`` loop."""
     import pyro
     import pyro.distributions as dist
     from pyro.distributions import constraints
+
+    import pyroem
 
     def model(X):
         dt = torch.float64
@@ -111,14 +112,17 @@ def user_model(kind: str, n_seq: int, t_len: int):
             scale = pyro.param("scale", torch.ones(K, D, dtype=dt), constraint=constraints.positive)
         else:
             emit = pyro.param("emit", torch.ones(K, F, dtype=dt) / F, constraint=constraints.simplex)
-        with pyro.plate("sequences", n_seq):
+        steps = (pyroem.vectorized_markov(name="time", size=t_len, dim=-1) if vectorized
+                 else pyro.markov(range(t_len)))
+        with pyro.plate("sequences", n_seq, dim=-2 if vectorized else -1):
             x = None
-            for t in pyro.markov(range(t_len)):
+            for t in steps:
                 x = pyro.sample(f"x_{t}", dist.Categorical(pi if x is None else A[x]))
+                y = X[:, t:t + 1] if vectorized and isinstance(t, int) else X[:, t]
                 if kind == "gaussian":
-                    pyro.sample(f"y_{t}", dist.Normal(loc[x], scale[x]).to_event(1), obs=X[:, t])
+                    pyro.sample(f"y_{t}", dist.Normal(loc[x], scale[x]).to_event(1), obs=y)
                 else:
-                    pyro.sample(f"y_{t}", dist.Categorical(emit[x]), obs=X[:, t])
+                    pyro.sample(f"y_{t}", dist.Categorical(emit[x]), obs=y)
 
     return model
 
@@ -126,9 +130,9 @@ def user_model(kind: str, n_seq: int, t_len: int):
 class UserHMM:
     """``fit``/``score`` around ``pyroem.EM(model)`` on the user-written HMM, starting from ``init``."""
 
-    def __init__(self, kind: str, init: dict, steps: int, n_seq: int, t_len: int):
+    def __init__(self, kind: str, init: dict, steps: int, n_seq: int, t_len: int, vectorized: bool):
         self.kind, self.init, self.steps, self.shape = kind, init, steps, (n_seq, t_len)
-        self.model = user_model(kind, n_seq, t_len)
+        self.model = user_model(kind, n_seq, t_len, vectorized)
 
     def _data(self, X):
         X = np.asarray(X).reshape(self.shape + ((D,) if self.kind == "gaussian" else ()))
@@ -176,44 +180,71 @@ def case_data(kind: str, shape: str, args):
     return X, init, [args.t_short] * args.n_seq
 
 
+NAMES = {"hmmlearn": "hmmlearn", "pyroem": "pyroem", "vectorized": "Pyro model (vectorized_markov), default EM",
+         "user": "Pyro model (pyro.markov), default EM"}
+
+
 def run_case(kind: str, shape: str, args, dtype: torch.dtype):
     X, init, lengths = case_data(kind, shape, args)
-    contenders = [("hmmlearn", "", args.steps), ("pyroem", "log", args.steps), ("pyroem", "scan", args.steps)]
-    if shape == "long":
-        contenders[1] = ("pyroem", "log", args.long_forward_steps)
-    else:
-        contenders += [("pyroem", "engine", args.steps), ("user", "", args.steps)]
-    contenders = [c for c in contenders if c[2] > 0]
-    times = {c[:2]: [] for c in contenders}
+    n_seq, t_len = (1, len(X)) if shape == "long" else (args.n_seq, args.t_short)
+    contenders = ["hmmlearn", "pyroem", "vectorized"] + (["user"] if shape == "short" else [])
+    times = {c: [] for c in contenders}
     final = {}
     for _ in range(args.rounds):
-        for lib, impl, steps in contenders:
-            model = build(lib, kind, init, steps, dtype, impl or "log", (args.n_seq, args.t_short))
+        for lib in contenders:
+            model = build(lib, kind, init, args.steps, dtype, (n_seq, t_len))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ms, ll = time_fit(model, X, lengths, steps)
-            times[(lib, impl)].append(ms)
-            final[(lib, impl)] = (steps, ll)
-    ref_ms = float(np.median(times[("hmmlearn", "")]))
-    ref_ll = {args.steps: final[("hmmlearn", "")][1]}
+                ms, ll = time_fit(model, X, lengths, args.steps)
+            times[lib].append(ms)
+            final[lib] = ll
+    ref_ms, ref_ll = float(np.median(times["hmmlearn"])), final["hmmlearn"]
     rows = []
-    for lib, impl, steps in contenders:
-        ms = float(np.median(times[(lib, impl)]))
-        ll = final[(lib, impl)][1]
-        if steps not in ref_ll:  # hmmlearn after the same (smaller) number of steps, untimed
-            ref_ll[steps] = time_fit(build("hmmlearn", kind, init, steps, dtype), X, lengths, steps)[1]
-        agree = "" if lib == "hmmlearn" else f"{abs(ll - ref_ll[steps]) / abs(ref_ll[steps]):.1e}"
+    for lib in contenders:
+        ms = float(np.median(times[lib]))
+        # the per-round ratio to the bundled estimator, median over rounds
+        to_bundled = float(np.median(np.array(times[lib]) / np.array(times["pyroem"])))
+        agree = "" if lib == "hmmlearn" else f"{abs(final[lib] - ref_ll) / abs(ref_ll):.1e}"
         sizes = f"1 x T={len(X)}" if shape == "long" else f"{args.n_seq} x T={args.t_short}"
-        name = {"hmmlearn": "hmmlearn", "user": "Pyro model, default EM"}.get(lib, f"pyroem {impl}")
-        rows.append(dict(case=f"{kind}, {sizes}", lib=name, steps=steps, ms=ms,
-                         ratio=ms / ref_ms, ll=ll, agree=agree))
+        rows.append(dict(case=f"{kind}, {sizes}", lib=NAMES[lib], steps=args.steps, ms=ms,
+                         ratio=float(np.median(np.array(times[lib]) / np.array(times["hmmlearn"]))),
+                         bundled=to_bundled, ll=final[lib], agree=agree))
+    del ref_ms
     return rows
+
+
+def run_model_1(args):
+    """Pyro's examples/hmm.py model_1 (20 x 20 x 8, a pyro.markov chain), ms per EM step with its
+    closed-form updates and with the default M-step."""
+    from pathlib import Path
+
+    import pyro
+
+    import pyroem
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from user_models import USER_MODELS, set_params
+
+    spec = USER_MODELS["hmm_model_1"]
+    data = spec.make_data()
+    times = {"closed-form updates": [], "default M-step": []}
+    for _ in range(args.rounds):
+        for label, updates in (("closed-form updates", spec.updates), ("default M-step", None)):
+            pyro.clear_param_store()
+            set_params(spec.init(data))
+            em = pyroem.EM(spec.model, updates)
+            em.step(*data)
+            start = time.perf_counter()
+            for _ in range(10):
+                em.step(*data)
+            times[label].append(1e3 * (time.perf_counter() - start) / 10)
+    return [[label, f"{float(np.median(t)):.1f}"] for label, t in times.items()]
 
 
 def run_decode(kind: str, shape: str, args, dtype: torch.dtype):
     """Viterbi ``decode`` at the starting parameters: hmmlearn against pyroem's default path."""
     X, init, lengths = case_data(kind, shape, args)
-    models = {lib: build(lib, kind, init, 1, dtype, "auto") for lib in ("hmmlearn", "pyroem")}
+    models = {lib: build(lib, kind, init, 1, dtype) for lib in ("hmmlearn", "pyroem")}
     times = {lib: [] for lib in models}
     paths = {}
     for _ in range(args.rounds):
@@ -240,12 +271,17 @@ def main(args) -> int:
             rows.extend(run_case(kind, shape, args, dtype))
             decode_lines.extend(run_decode(kind, shape, args, dtype))
             print(f"done: {rows[-1]['case']}", file=sys.stderr, flush=True)
-    head = ["case", "library", "steps", "ms / step", "x hmmlearn", "final log-likelihood", "rel. diff to hmmlearn"]
-    lines = [[r["case"], r["lib"], str(r["steps"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['ll']:.6f}", r["agree"]]
-             for r in rows]
+    head = ["case", "library", "steps", "ms / step", "x hmmlearn", "x pyroem", "final log-likelihood",
+            "rel. diff to hmmlearn"]
+    lines = [[r["case"], r["lib"], str(r["steps"]), f"{r['ms']:.1f}", f"{r['ratio']:.2f}", f"{r['bundled']:.2f}",
+              f"{r['ll']:.6f}", r["agree"]] for r in rows]
     print(f"HMM Baum-Welch against hmmlearn (same data, same start): torch threads {torch.get_num_threads()}, "
-          f"pyroem dtype {args.dtype}, median of {args.rounds} interleaved rounds")
+          f"pyroem dtype {args.dtype}, median of {args.rounds} interleaved rounds (ratios: median of per-round ratios)")
     print_table(head, lines, args.markdown)
+    print()
+    print(f"Pyro's examples/hmm.py model_1 (20 sequences x 20 steps x 8 tones, a pyro.markov chain): ms per EM step, "
+          f"median of {args.rounds} rounds of 10 steps")
+    print_table(["M-step", "ms / step"], run_model_1(args), args.markdown)
     print()
     print(f"Viterbi decode at the starting parameters (pyroem's default implementation), median of "
           f"{args.rounds} interleaved rounds")

@@ -119,8 +119,9 @@ class BaseHMM:
     vectorized over sequences), or for sequences of 1024 steps and more a scan in time (O(T K³)
     work in about 2√T + log₂ T sequential steps). ``implementation`` is accepted for hmmlearn
     code (``"log"``, ``"scaling"``, ``"scan"``, ``"engine"``, ``"auto"``); the engine chooses.
-    Viterbi decoding (``decode``, ``predict``) of continuous emissions is blocked in time (about
-    6 √T sequential steps) wherever the E-step would scan and there are at most 16 states.
+    ``decode``/``predict`` are ``pyroem.decode`` on the same model (Viterbi on the E-step's
+    chain tables; blocked in time, about 6 √T sequential steps, from 1024 steps and up to 16
+    states).
     """
 
     #: parameter codes: one letter per fitted parameter, e.g. "s" startprob, "t" transmat.
@@ -165,10 +166,6 @@ class BaseHMM:
         raise NotImplementedError
 
     def _check_emissions(self) -> None:
-        raise NotImplementedError
-
-    def _log_emission(self, Xpad: torch.Tensor, p: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """``log p(y_{n,t} | x = k)``, shape ``(N, T, K)``."""
         raise NotImplementedError
 
     def _emission_updates(self, gamma: torch.Tensor, Xpad: torch.Tensor,

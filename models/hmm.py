@@ -219,9 +219,6 @@ class CategoricalHMM(BaseHMM):
         check_prior(self.emissionprob_prior, "emissionprob_prior", (self.n_components, int(self.n_features)), 0,
                     strict=True)
 
-    def _log_emission(self, Xpad, p):
-        return torch.log(p["emissionprob"]).T[Xpad]
-
     def _emission_updates(self, gamma, Xpad, p):
         if "e" not in self.params:
             return {}
@@ -373,18 +370,6 @@ class GaussianHMM(BaseHMM):
                 raise ValueError(f"{ct!r} covars_ must be symmetric positive definite")
         self._covars_ = c
         check_prior(self.means_prior, "means_prior", tuple(self.means_.shape))
-
-    def _emission_dist(self, p: Dict[str, torch.Tensor]) -> dist.Distribution:
-        k, d = p["means"].shape
-        ct = self.covariance_type
-        if ct in ("spherical", "diag"):
-            scale = p["covars"].sqrt()
-            scale = scale.unsqueeze(-1).expand(k, d) if ct == "spherical" else scale
-            return dist.Normal(p["means"], scale).to_event(1)
-        return dist.MultivariateNormal(p["means"], scale_tril=torch.linalg.cholesky(p["covars"]).expand(k, d, d))
-
-    def _log_emission(self, Xpad, p):
-        return self._emission_dist(p).log_prob(Xpad.unsqueeze(-2))
 
     def _emission_updates(self, gamma, Xpad, p):
         out: Dict[str, torch.Tensor] = {}

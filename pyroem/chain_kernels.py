@@ -231,17 +231,54 @@ def _chunk_products(mats: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _shared_chunk_products(trans: torch.Tensor, emit: torch.Tensor, steps: int) -> Optional[torch.Tensor]:
+    """``_chunk_products`` of ``M_t = trans + emit_t`` (columns) with one ``K × K`` ``trans`` for
+    every step, ``emit`` ``(B, C, L, K)`` whose steps past ``steps`` are padding (identity):
+    ``rows ← (rows A) ∘ b̂_t``, each row divided by its sum, never a log-matrix per step. None
+    where a row underflows (the caller then uses the log-space products)."""
+    b, c, length, k = emit.shape
+    t_shift = _shift(trans, (-2, -1))
+    a = (trans - t_shift).exp()
+    e_shift = _shift(emit, -1)
+    probs = (emit - e_shift).exp().unbind(2)
+    real = torch.arange(c * length, device=emit.device).reshape(c, length) < steps   # (C, L)
+    full = real.all(0).tolist()
+    rows = a * probs[0].unsqueeze(-2)
+    scale = rows.detach().sum(-1, keepdim=True)
+    rows, scales = rows / scale, [scale]
+    eye = torch.eye(k, dtype=emit.dtype, device=emit.device)
+    for s in range(1, length):
+        nxt = torch.matmul(rows, a) * probs[s].unsqueeze(-2)
+        if not full[s]:
+            nxt = torch.where(real[:, s, None, None], nxt, rows)
+        scale = nxt.detach().sum(-1, keepdim=True)
+        rows = nxt / scale
+        scales.append(scale)
+    if not full[0]:  # a chunk made only of padding: the identity
+        rows = torch.where(real[:, 0, None, None], rows, eye)
+    out = _safe_log(rows) + torch.cat(scales, -1).log().sum(-1, keepdim=True)
+    counted = real.to(emit.dtype)                                            # (C, L)
+    shift = (e_shift.squeeze(-1) * counted).sum(-1) + t_shift.reshape(()) * counted.sum(-1)
+    out = out + shift[..., None, None]
+    return None if bool(out.isnan().any()) else out
+
+
 def _scan(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     """``log Z = logsumexp_ij(init_i + (M_1 ⋯ M_T)_ij)`` by chunk products and a pairwise reduction."""
     b, steps, k = emit.shape
-    mats = (trans + emit.unsqueeze(-2)).expand(b, steps, k, k)
     chunk = chunk or max(1, min(32, int(round(steps ** 0.5))))
     n_chunks = -(-steps // chunk)
     pad = n_chunks * chunk - steps
-    if pad:  # identity steps: 0 on the diagonal, -inf off it
-        eye = torch.full((k, k), float("-inf"), dtype=mats.dtype, device=mats.device).fill_diagonal_(0.0)
-        mats = torch.cat((mats, eye.expand(b, pad, k, k)), dim=1)
-    mats = _chunk_products(mats.reshape(b, n_chunks, chunk, k, k))
+    mats = None
+    if trans.shape[0] == 1 and trans.shape[1] == 1:
+        padded = torch.cat((emit, emit.new_zeros((b, pad, k))), dim=1) if pad else emit
+        mats = _shared_chunk_products(trans[0, 0], padded.reshape(b, n_chunks, chunk, k), steps)
+    if mats is None:
+        mats = (trans + emit.unsqueeze(-2)).expand(b, steps, k, k)
+        if pad:  # identity steps: 0 on the diagonal, -inf off it
+            eye = torch.full((k, k), float("-inf"), dtype=mats.dtype, device=mats.device).fill_diagonal_(0.0)
+            mats = torch.cat((mats, eye.expand(b, pad, k, k)), dim=1)
+        mats = _chunk_products(mats.reshape(b, n_chunks, chunk, k, k))
     tails = []  # unpaired last matrices, latest in time first
     while mats.shape[1] > 1:
         mats, tail = _PairProducts.apply(mats)

@@ -504,6 +504,8 @@ def chain_tables(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
         else:
             t = align(t, dims, keep + tau + chain.current)
             emit = t if emit is None else emit + t
+    if differentiable and trans is not None:
+        trans = _compact(trans)  # a table only expanded along time or plates stays one table
     outer_shape = [dim_size.get(d, 1) for d in keep]
     ks = [dim_size[d] for d in chain.current]
     k = math.prod(ks)

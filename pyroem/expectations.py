@@ -1,6 +1,7 @@
 """The ``expect`` object handed to closed-form updates: posterior marginals and joints of latents."""
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -179,7 +180,8 @@ class Expectations:
         """``w_f`` for every factor touching a latent, unpacked to the site's log_prob layout.
 
         ``Q(θ|θₙ) = Σ_f ⟨w_f, log f(θ)⟩`` pairs these with the masked, unscaled log-factors;
-        ``w_f`` is the posterior over the factor's latents times the site's scale.
+        ``w_f`` is the posterior over the factor's latents times the site's scale (along plates
+        where the factor is only broadcast, the average over them: the same Q).
         """
         if "weights" not in self._cache:
             out = {}
@@ -190,14 +192,25 @@ class Expectations:
                     fd = dims_of(f.tensor)
                     needed = set(fd) | set(sdims)
                     leaf = f.block
-                    if not needed <= set(leaf.dims):
+                    # a table only broadcast along plates (a chain's transition): its leaf holds
+                    # the posterior summed over them, and since the factor is the same at every
+                    # element of those plates, Q pairs it with their average (a stride-0 view)
+                    spread = [d for d in fd if d not in leaf.dims]
+                    if spread and (set(spread) & comp.sum_dims or sdims or not set(leaf.dims) <= set(fd)):
+                        spread = []
+                    if not spread and not needed <= set(leaf.dims):
                         leaf = next(b for b in comp.blocks if b.ordinal == f.ordinal and needed <= set(b.dims))
                     g = leaf.posterior()
                     if sdims:
                         g = g * align(comp.scale, sdims, leaf.dims)
                     elif comp.scale != 1.0:
                         g = g * comp.scale
-                    w = reduce_to(g, leaf.dims, fd).detach()
+                    if spread:
+                        present = "".join(d for d in fd if d in leaf.dims)
+                        n = math.prod(self._e.dim_size[d] for d in spread)
+                        w = align(reduce_to(g, leaf.dims, present).detach() / n, present, fd).expand(f.tensor.shape)
+                    else:
+                        w = reduce_to(g, leaf.dims, fd).detach()
                     w._pyro_dims = fd
                     out[f.site] = packed.unpack(w, sym_to_dim)
             self._cache["weights"] = out

@@ -93,21 +93,39 @@ def _raw_categorical(p: torch.Tensor) -> Optional[Tuple[torch.Tensor, object]]:
     return node._saved_self, node
 
 
+def _narrow_broadcast(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` with its broadcast (stride-0) dims narrowed to one element: a location
+    ``locs[x]`` expanded over sequences and steps is ``K`` numbers, whatever its shape."""
+    for d, (n, st) in enumerate(zip(t.shape, t.stride())):
+        if st == 0 and n > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
 def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) -> List[_Use]:
     """A ``Normal`` site's loc and scale, where they depend on the parameters, with the weighted
-    sums of its residuals ``d = y - loc`` at θₙ: Σ w, Σ w d, Σ w d², Σ w d / s², Σ w / s²."""
-    loc, scale = fn.loc, fn.scale
+    sums of its residuals ``d = y - loc`` at θₙ: Σ w, Σ w d, Σ w d², Σ w d / s², Σ w / s². The
+    sums are taken down to the distinct entries of loc and scale (their broadcast dims summed),
+    and mapped back to the parameters from there."""
+    loc, scale = _narrow_broadcast(fn.loc), _narrow_broadcast(fn.scale)
     d = value.to(loc.dtype) - loc.detach()
     s2 = scale.detach() ** 2
     full = _broadcast_shape(w.shape, d.shape, s2.shape)
-    w, d, s2 = w.expand(full), d.expand(full), s2.expand(full)
+    w_full, d_full = w.expand(full), d.expand(full)
+    wd = w_full * d_full
     out = []
     if loc.requires_grad:
-        stats = {"w": w, "wd": w * d, "wd2": w * d * d, "wd_s2": w * d / s2, "w_s2": w / s2}
-        out.append(_Use(loc, "loc", w, w, name, {k: v.sum_to_size(loc.shape) for k, v in stats.items()}))
+        shape = loc.shape
+        sums = {"w": w_full.sum_to_size(shape), "wd": wd.sum_to_size(shape), "wd2": (wd * d_full).sum_to_size(shape)}
+        if _broadcast_shape(shape, s2.shape) == shape:  # s² constant over what is summed
+            sums["wd_s2"], sums["w_s2"] = sums["wd"] / s2, sums["w"] / s2
+        else:
+            sums["wd_s2"], sums["w_s2"] = (wd / s2).sum_to_size(shape), (w_full / s2).sum_to_size(shape)
+        out.append(_Use(loc, "loc", w, w, name, {k: v.expand(shape) for k, v in sums.items()}))
     if scale.requires_grad:
-        stats = {"w": w, "wd2": w * d * d}
-        out.append(_Use(scale, "scale", w, w, name, {k: v.sum_to_size(scale.shape) for k, v in stats.items()}))
+        shape = scale.shape
+        sums = {"w": w_full.sum_to_size(shape), "wd2": (wd * d_full).sum_to_size(shape)}
+        out.append(_Use(scale, "scale", w, w, name, sums))
     return out
 
 
