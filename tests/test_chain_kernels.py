@@ -4,30 +4,18 @@ import numpy as np
 import pytest
 import torch
 
+from engine_models import forward_backward_np
 from pyroem.chain_kernels import _forward_scaled, _scan, chain_log_partition
 
 METHODS = ["forward", "scan"]
 
 
 def _textbook(log_start, log_trans, log_emit):
-    """Scaled forward-backward (Rabiner): log p(y), γ (T, K) and Σ_t ξ_t (K, K) of one sequence."""
-    start, trans = np.exp(log_start), np.exp(log_trans)
+    """Scaled forward-backward (Rabiner, ``engine_models.forward_backward_np``): log p(y),
+    γ (T, K) and Σ_t ξ_t (K, K) of one sequence."""
     shift = log_emit.max(1, keepdims=True)
-    emit = np.exp(log_emit - shift)
-    t_len = len(emit)
-    alpha, c = np.zeros_like(emit), np.zeros(t_len)
-    a = start * emit[0]
-    c[0] = a.sum()
-    alpha[0] = a / c[0]
-    for t in range(1, t_len):
-        a = (alpha[t - 1] @ trans) * emit[t]
-        c[t] = a.sum()
-        alpha[t] = a / c[t]
-    beta = np.ones_like(emit)
-    for t in range(t_len - 2, -1, -1):
-        beta[t] = trans @ (emit[t + 1] * beta[t + 1]) / c[t + 1]
-    xi = sum(alpha[t - 1][:, None] * trans * (emit[t] * beta[t])[None] / c[t] for t in range(1, t_len))
-    return np.log(c).sum() + shift.sum(), alpha * beta, xi
+    log_z, gamma, xi = forward_backward_np(np.exp(log_start), np.exp(log_trans), np.exp(log_emit - shift))
+    return log_z + shift.sum(), gamma, xi.sum(0)
 
 
 def _posteriors(log_start, log_trans, log_emit, method, first_order):
