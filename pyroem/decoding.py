@@ -7,7 +7,7 @@ Pyro's ``infer_discrete`` at temperature 0 does both on the model as pyroem trac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
@@ -44,7 +44,9 @@ def decode(model: Callable, *args, **kwargs) -> Decoding:
         trace = tracer.trace(args, kwargs)
     parts = factor_components(trace)
     if parts.chains:
-        values = _decode_vectorized(trace, parts)
+        values, total = _decode_vectorized(trace, parts)
+        if total is not None:  # read off the tables: no second run of the model
+            return Decoding({k: v.detach() for k, v in values.items()}, total)
     else:
         decoder = infer_discrete(LatentPolicy(enumerate=True)(model),
                                  first_available_dim=-1 - tracer.max_plate_nesting, temperature=0)
@@ -85,12 +87,15 @@ def _site_layout(t: torch.Tensor, dims: str, site: dict, trace) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def _decode_vectorized(trace, parts) -> Dict[str, torch.Tensor]:
+def _decode_vectorized(trace, parts) -> Tuple[Dict[str, torch.Tensor], Optional[float]]:
     """Max-product on the E-step's own tables for a model with vectorized Markov chains: Viterbi
     along each chain (``chain_viterbi``), an argmax over each lone latent's table; any other
-    structure is refused."""
+    structure is refused. Also ``log p(x*, y)``: the maxima plus the constant sites (None where a
+    component carries a tensor ``poutine.scale``; the caller then scores the model at x*)."""
     by_symbol = {sym: name for name, sym in parts.enum_symbols.items()}
     values: Dict[str, torch.Tensor] = {}
+    total = float(parts.constant) if not isinstance(parts.constant, torch.Tensor) else float(parts.constant.sum())
+    scalar = True
     for comp in parts.components:
         chain = _chain_of(comp, parts.chains)
         _build_blocks(comp, parts.dim_size, parts.site_ordinals, differentiable=True,
@@ -106,16 +111,20 @@ def _decode_vectorized(trace, parts) -> Dict[str, torch.Tensor]:
             latent = [d for d in b.dims if d in comp.sum_dims]
             rest = "".join(d for d in b.dims if d not in comp.sum_dims)
             t = align(b.tensor, b.dims, rest + "".join(latent))
-            flat = t.reshape(t.shape[:len(rest)] + (-1,)).argmax(-1)
+            best, flat = t.reshape(t.shape[:len(rest)] + (-1,)).max(-1)
+            scalar = scalar and not isinstance(comp.scale, torch.Tensor)
+            total += float(best.sum()) * (comp.scale if scalar else 1.0)
             for d in reversed(latent):
                 n = parts.dim_size[d]
                 values[by_symbol[d]] = _site_layout(flat % n, rest, trace.nodes[by_symbol[d]], trace)
                 flat = flat // n
             continue
         tab = chain_tables(comp, chain, parts.dim_size)
-        _, states = chain_viterbi(tab.init, tab.trans,
+        score, states = chain_viterbi(tab.init, tab.trans,
                                   tab.emit if tab.emit is not None else tab.init.new_zeros(
                                       (tab.init.shape[0], parts.dim_size[chain.time], tab.init.shape[1])))
+        scalar = scalar and not isinstance(comp.scale, torch.Tensor)
+        total += float(score.sum()) * (comp.scale if scalar else 1.0)
         for i in reversed(range(len(chain.current))):
             n = tab.ks[i]
             st = (states % n).reshape(tab.outer_shape + [states.shape[-1]])
@@ -124,4 +133,4 @@ def _decode_vectorized(trace, parts) -> Dict[str, torch.Tensor]:
             values[first] = _site_layout(st[..., 0], tab.keep, trace.nodes[first], trace)
             for name, part in ((shifted, st[..., :-1]), (current, st[..., 1:])):
                 values[name] = _site_layout(part, tab.keep + chain.time, trace.nodes[name], trace)
-    return values
+    return values, (total if scalar else None)
