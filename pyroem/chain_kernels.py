@@ -102,8 +102,15 @@ def _steps(trans: torch.Tensor, n: int) -> list:
     return [trans[:, 0]] * n if trans.shape[1] == 1 else list(trans.unbind(1))
 
 
+#: steps between two rescalings of the forward recursion's α: each step shrinks its sum by at
+#: most the probability of one observation relative to the best state's; float64 absorbs eight
+#: such factors of 1e-30 before underflow, float32 one (an underflow falls back to log space)
+_RESCALE_EVERY = {torch.float64: 8, torch.float32: 1}
+
+
 def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
-    """``α̂_t = (α̂_{t-1} A_t) ∘ b̂_t / c_t`` with ``A_t = exp(trans_t - s_t)``, ``b̂_t = exp(emit_t - m_t)``;
+    """``α̂_t = (α̂_{t-1} A_t) ∘ b̂_t / c_t`` with ``A_t = exp(trans_t - s_t)``, ``b̂_t = exp(emit_t - m_t)``
+    (``c_t`` the sum, taken every ``_RESCALE_EVERY`` steps, else 1);
     ``log Z = log Σ α̂_T + Σ_t (log c_t + s_t + m_t)``. The scales and shifts are constants to
     autograd (log Z does not depend on them), so the gradient is exact. A scale that
     underflows to 0 gives -inf or NaN (the caller then uses ``_forward_log``)."""
@@ -117,11 +124,13 @@ def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor)
     shared = mats.shape[0] == 1
     e_shift = _shift(emit, -1)
     emits = (emit - e_shift).exp().unbind(1)
-    for a, e in zip(_steps(mats, len(emits)), emits):
-        nxt = (alpha @ a[0] if shared else torch.matmul(alpha.unsqueeze(-2), a).squeeze(-2)) * e
-        scale = nxt.detach().sum(-1, keepdim=True)
-        alpha = nxt / scale
-        logs.append(scale.log())
+    every = _RESCALE_EVERY.get(init.dtype, 1)
+    for t, (a, e) in enumerate(zip(_steps(mats, len(emits)), emits), 1):
+        alpha = (alpha @ a[0] if shared else torch.matmul(alpha.unsqueeze(-2), a).squeeze(-2)) * e
+        if t % every == 0 or t == len(emits):
+            scale = alpha.detach().sum(-1, keepdim=True)
+            alpha = alpha / scale
+            logs.append(scale.log())
     steps = len(emits)
     t_total = t_shift.flatten(1).sum(1) * (steps if t_shift.shape[1] == 1 else 1)
     const = torch.cat(logs, -1).sum(-1) + e_shift.squeeze(-1).sum(-1) + t_total
