@@ -325,3 +325,18 @@ def test_decode_time_varying_chain_with_a_mixture_latent_beside_it():
     assert got["z"].tolist() == z_best
     z_total = sum(max(np.log(p) + norm.logpdf(float(v), m, 1.0) for p, m in ((0.3, -1.0), (0.7, 1.0))) for v in w)
     assert got.log_prob == pytest.approx(best + z_total, rel=1e-12)
+
+
+def test_vectorized_chain_per_sequence_log_likelihood_and_float32():
+    """``log_likelihood_by("sequences")`` is each sequence's forward value; float32 agrees with
+    float64 to its own precision."""
+    ref = [r[0] for r in reference()]
+    pyro.clear_param_store()
+    expect = pyroem.EM(gaussian_hmm("vectorized")).e_step(Y)
+    np.testing.assert_allclose(np_(expect.log_likelihood_by("sequences")), ref, rtol=1e-12)
+    pyro.clear_param_store()
+    expect32 = pyroem.EM(gaussian_hmm("vectorized")).e_step(Y.float())
+    assert expect32.log_likelihood.dtype == torch.float32
+    np.testing.assert_allclose(np_(expect32.log_likelihood_by("sequences")), ref, rtol=1e-5)
+    np.testing.assert_allclose(np_(expect32.expected_counts(f"x_{slice(0, 6, None)}", f"x_{slice(1, 7, None)}")),
+                               sum(r[2].sum(0) for r in reference()), rtol=1e-4, atol=1e-5)
