@@ -139,12 +139,18 @@ def _generator(args, data_dim):
     return GENERATOR["net"]
 
 
-def model_5(sequences, lengths, args, include_prior=True):
-    num_sequences, max_length, data_dim = sequences.shape
+def _network_and_transitions(args, data_dim, include_prior):
+    """model_5's and model_7's shared start: the emission network and the MAP transition matrix."""
     tones_generator = _generator(args, data_dim)
     pyro.module("tones_generator", tones_generator)
     with poutine.mask(mask=include_prior):
         probs_x = pyro.sample("probs_x", dist.Dirichlet(0.9 * torch.eye(args.hidden_dim) + 0.1).to_event(1))
+    return tones_generator, probs_x
+
+
+def model_5(sequences, lengths, args, include_prior=True):
+    num_sequences, max_length, data_dim = sequences.shape
+    tones_generator, probs_x = _network_and_transitions(args, data_dim, include_prior)
     with pyro.plate("sequences", num_sequences, dim=-2) as batch:
         lengths = lengths[batch]
         x = 0
@@ -184,10 +190,7 @@ def model_6(sequences, lengths, args, include_prior=False):
 
 def model_7(sequences, lengths, args, include_prior=True):
     num_sequences, max_length, data_dim = sequences.shape
-    tones_generator = _generator(args, data_dim)
-    pyro.module("tones_generator", tones_generator)
-    with poutine.mask(mask=include_prior):
-        probs_x = pyro.sample("probs_x", dist.Dirichlet(0.9 * torch.eye(args.hidden_dim) + 0.1).to_event(1))
+    tones_generator, probs_x = _network_and_transitions(args, data_dim, include_prior)
     with pyro.plate("sequences", num_sequences, dim=-1) as batch:
         lengths = lengths[batch]
         y = sequences[batch, : int(lengths.max())]
