@@ -96,6 +96,15 @@ class _PairProducts(torch.autograd.Function):
         return grad
 
 
+def _probability_tables(trans: torch.Tensor, emit: torch.Tensor):
+    """``(A, b̂, taken)``: ``exp`` of ``trans`` and ``emit`` each shifted by its maximum (per step
+    matrix, per step), and what the shifts took out of ``log Z`` per chain."""
+    t_shift, e_shift = _shift(trans, (-2, -1)), _shift(emit, -1)
+    steps = emit.shape[1]
+    taken = t_shift.flatten(1).sum(1) * (steps if t_shift.shape[1] == 1 else 1) + e_shift.squeeze(-1).sum(-1)
+    return (trans - t_shift).exp(), (emit - e_shift).exp(), taken
+
+
 def _steps(trans: torch.Tensor, n: int) -> list:
     """The transition of each of ``n`` steps, ``(1 | B, K, K)`` each: one ``unbind`` (a single
     autograd node, where indexing step by step would give a full-size gradient per step)."""
@@ -119,11 +128,9 @@ def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor)
     scale = alpha.detach().sum(-1, keepdim=True)
     alpha = alpha / scale
     logs = [scale.log() + s0]
-    t_shift = _shift(trans, (-2, -1))
-    mats = (trans - t_shift).exp()
+    mats, emits, taken = _probability_tables(trans, emit)
     shared = mats.shape[0] == 1
-    e_shift = _shift(emit, -1)
-    emits = (emit - e_shift).exp().unbind(1)
+    emits = emits.unbind(1)
     every = _RESCALE_EVERY.get(init.dtype, 1)
     for t, (a, e) in enumerate(zip(_steps(mats, len(emits)), emits), 1):
         alpha = (alpha @ a[0] if shared else torch.matmul(alpha.unsqueeze(-2), a).squeeze(-2)) * e
@@ -131,10 +138,7 @@ def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor)
             scale = alpha.detach().sum(-1, keepdim=True)
             alpha = alpha / scale
             logs.append(scale.log())
-    steps = len(emits)
-    t_total = t_shift.flatten(1).sum(1) * (steps if t_shift.shape[1] == 1 else 1)
-    const = torch.cat(logs, -1).sum(-1) + e_shift.squeeze(-1).sum(-1) + t_total
-    return alpha.sum(-1).log() + const
+    return alpha.sum(-1).log() + torch.cat(logs, -1).sum(-1) + taken
 
 
 def _forward_log(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
@@ -154,19 +158,16 @@ def _forward(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> tor
 
 class _ForwardBackward(torch.autograd.Function):
     """The scaled forward recursion with the backward recursion written out (Baum-Welch), for
-    the E-step: the gradients are ``γ_0`` for ``init``, ``γ_t`` for ``emit`` and
-    ``ξ_t(i, j) = α̂_{t-1}(i) A_t(i, j) b̂_t(j) β̂_t(j) / c_t`` for ``trans``, summed over the
-    dims ``trans`` broadcasts along, so a shared transition never becomes a per-step tensor.
-    ``probe`` (zeros, or None) receives the per-step ``ξ`` itself. First derivatives only; a
-    scale that underflows gives ``-inf`` (the caller then uses the log-space recursion)."""
+    the E-step's per-step pair posteriors: the gradients are ``γ_0`` for ``init``, ``γ_t`` for
+    ``emit``, ``ξ_t(i, j) = α̂_{t-1}(i) A_t(i, j) b̂_t(j) β̂_t(j) / c_t`` for ``probe`` (zeros
+    added to ``trans``), and ``ξ`` summed over the dims ``trans`` broadcasts along for ``trans``,
+    so a shared transition never becomes a per-step tensor in the recursions. First derivatives
+    only; a scale that underflows gives ``-inf`` (the caller then uses the log-space recursion)."""
 
     @staticmethod
     def forward(ctx, init, trans, emit, probe):
         s0 = _shift(init, -1)
-        t_shift = _shift(trans, (-2, -1))
-        mats = (trans - t_shift).exp()
-        e_shift = _shift(emit, -1)
-        emits = (emit - e_shift).exp()
+        mats, emits, taken = _probability_tables(trans, emit)
         alpha = (init - s0).exp()
         scale = alpha.sum(-1, keepdim=True)
         alphas, scales = [alpha / scale], [scale]
@@ -178,11 +179,9 @@ class _ForwardBackward(torch.autograd.Function):
             alphas.append(nxt / scale)
             scales.append(scale)
         scales = torch.cat(scales, -1)
-        steps = emits.shape[1]
-        t_total = t_shift.flatten(1).sum(1) * (steps if t_shift.shape[1] == 1 else 1)
-        log_z = scales.log().sum(-1) + s0.squeeze(-1) + e_shift.squeeze(-1).sum(-1) + t_total
+        log_z = scales.log().sum(-1) + s0.squeeze(-1) + taken
         ctx.save_for_backward(torch.stack(alphas, 1), scales, mats, emits)
-        ctx.trans_shape, ctx.probe = trans.shape, probe is not None
+        ctx.trans_shape = trans.shape
         return log_z
 
     @staticmethod
@@ -206,15 +205,8 @@ class _ForwardBackward(torch.autograd.Function):
         g = grad.unsqueeze(-1)
         gamma = alphas * torch.stack(betas, 1) * g.unsqueeze(-1)
         w = torch.stack(ws, 1) * g.unsqueeze(-1)              # (B, T, K)
-        before = alphas[:, :-1]                               # α̂_{t-1}
-        probe_grad = None
-        if ctx.probe or mats.shape[:2] != (1, 1):
-            xi = before.unsqueeze(-1) * mats * w.unsqueeze(-2)  # (B, T, K, K)
-            probe_grad = xi if ctx.probe else None
-            trans_grad = xi.sum_to_size(ctx.trans_shape)
-        else:
-            trans_grad = (mats[0, 0] * torch.einsum("bti,btj->ij", before, w)).reshape(ctx.trans_shape)
-        return gamma[:, 0], trans_grad, gamma[:, 1:], probe_grad
+        xi = alphas[:, :-1].unsqueeze(-1) * mats * w.unsqueeze(-2)   # α̂_{t-1} A_t w_t: (B, T, K, K)
+        return gamma[:, 0], xi.sum_to_size(ctx.trans_shape), gamma[:, 1:], xi
 
 
 def _chunk_products(mats: torch.Tensor) -> torch.Tensor:

@@ -40,10 +40,12 @@ def decode(model: Callable, *args, **kwargs) -> Decoding:
     check_model(model)
     tracer = ModelTracer(model)
     tracer.ensure_probed(args, kwargs)
-    with torch.no_grad():
-        trace = tracer.trace(args, kwargs)
-    parts = factor_components(trace)
-    if parts.chains:
+    parts = None
+    if tracer.vectorized_chain:  # Viterbi on the E-step's own tables
+        with torch.no_grad():
+            trace = tracer.trace(args, kwargs)
+        parts = factor_components(trace)
+    if parts is not None and parts.chains:
         values, total = _decode_vectorized(trace, parts)
         if total is not None:  # read off the tables: no second run of the model
             return Decoding({k: v.detach() for k, v in values.items()}, total)
@@ -120,9 +122,7 @@ def _decode_vectorized(trace, parts) -> Tuple[Dict[str, torch.Tensor], Optional[
                 flat = flat // n
             continue
         tab = chain_tables(comp, chain, parts.dim_size)
-        score, states = chain_viterbi(tab.init, tab.trans,
-                                  tab.emit if tab.emit is not None else tab.init.new_zeros(
-                                      (tab.init.shape[0], parts.dim_size[chain.time], tab.init.shape[1])))
+        score, states = chain_viterbi(tab.init, tab.trans, tab.emit)
         scalar = scalar and not isinstance(comp.scale, torch.Tensor)
         total += float(score.sum()) * (comp.scale if scalar else 1.0)
         for i in reversed(range(len(chain.current))):

@@ -20,7 +20,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .chain_kernels import chain_log_partition
 from .handlers import MarkovChain, is_enumerated_site, is_subsample_site, is_unscored
-from .packing import align, dims_of, sizes, with_dims
+from .packing import align, dims_of, narrow_broadcast, sizes, with_dims
 from .scratch import is_donated
 
 Scale = Union[float, torch.Tensor]
@@ -143,25 +143,18 @@ def _components(factors: List[Factor], sum_dims: Set[str], links=()) -> List[Com
     return components
 
 
-def _compact(t: torch.Tensor) -> torch.Tensor:
-    """``t`` without its broadcast (stride-0) extent: such dims narrowed to size 1, a view.
-    A prior ``log p(z)`` is often a ``(K, N)`` view of ``K`` numbers."""
-    for d, (n, st) in enumerate(zip(t.shape, t.stride())):
-        if st == 0 and n > 1:
-            t = t.narrow(d, 0, 1)
-    return t
-
-
 def _build_blocks(comp: Component, dim_size: Dict[str, int],
-                  site_ordinals: Dict[str, frozenset], differentiable: bool, lazy: bool = False,
-                  apart: str = "") -> None:
+                  site_ordinals: Dict[str, frozenset], differentiable: bool,
+                  fill: Optional[Callable[[], None]] = None, apart: str = "") -> None:
     """Sum factors of one ordinal whose dims nest into one leaf; add zero probes so that the
     posterior over every factor's variables is available at full plate resolution. Factors
     that touch a dim of ``apart`` (a chain's previous state) and factors that do not are kept in
-    separate leaves (a chain's transitions and emissions, added in the recursion's own order)."""
+    separate leaves (a chain's transitions and emissions, added in the recursion's own order).
+    With ``fill`` (a chain component's E-step) tables only broadcast along plates keep their
+    distinct entries, and probes are not built: ``fill`` computes them when first asked for."""
     # Largest first, contiguous before broadcast views: a block takes the memory layout of the
     # factor it starts from, and the posteriors read off it (responsibilities) inherit that layout.
-    for f in sorted(comp.factors, key=lambda f: (-_compact(f.tensor).numel(), not f.tensor.is_contiguous())):
+    for f in sorted(comp.factors, key=lambda f: (-narrow_broadcast(f.tensor).numel(), not f.tensor.is_contiguous())):
         fd = dims_of(f.tensor)
         home = None
         side = bool(set(fd) & set(apart))
@@ -175,8 +168,8 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
             comp.blocks.append(home)
         else:
             t = align(f.tensor if differentiable else f.tensor.detach(), fd, home.dims)
-            small = _compact(t)
-            if (not differentiable and small.numel() < _compact(home.tensor).numel()
+            small = narrow_broadcast(t)
+            if (not differentiable and small.numel() < narrow_broadcast(home.tensor).numel()
                     and torch.result_type(home.tensor, small) == home.tensor.dtype):
                 home.addends.append(small)
             else:
@@ -185,7 +178,7 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
         f.block = home
     if differentiable:
         return
-    if lazy:  # a table only broadcast along plates keeps just its distinct entries
+    if fill is not None:  # a table only broadcast along plates keeps just its distinct entries
         for b in comp.blocks:
             b.materialize()
             b.tensor, b.dims = _drop_broadcast(b.tensor.detach(), b.dims, comp.sum_dims)
@@ -196,8 +189,8 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
             pdims = "".join(sorted(needed))
             shape = [dim_size[d] for d in pdims]
             # lazy: a stride-0 placeholder, filled by contracting again when first asked for
-            t = f.tensor.new_zeros(()).expand(shape) if lazy else f.tensor.new_zeros(shape)
-            comp.blocks.append(Block(pdims, f.ordinal, t, probe=True, fill=(lambda: None) if lazy else None))
+            t = f.tensor.new_zeros(()).expand(shape) if fill is not None else f.tensor.new_zeros(shape)
+            comp.blocks.append(Block(pdims, f.ordinal, t, probe=True, fill=fill))
 
 
 # Elements per piece of the blocked logsumexp: its passes over a piece stay in cache.
@@ -505,7 +498,7 @@ def chain_tables(comp: Component, chain: ChainDims, dim_size: Dict[str, int],
             t = align(t, dims, keep + tau + chain.current)
             emit = t if emit is None else emit + t
     if differentiable and trans is not None:
-        trans = _compact(trans)  # a table only expanded along time or plates stays one table
+        trans = narrow_broadcast(trans)  # a table only expanded along time or plates stays one table
     outer_shape = [dim_size.get(d, 1) for d in keep]
     ks = [dim_size[d] for d in chain.current]
     k = math.prod(ks)
@@ -624,7 +617,8 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
     with torch.enable_grad():
         for comp in comps:
             chain = _chain_of(comp, chains)
-            _build_blocks(comp, dim_size, site_ordinals, differentiable, lazy=chain is not None,
+            fill = _probe_filler(comp, chain, dim_size) if chain is not None and not differentiable else None
+            _build_blocks(comp, dim_size, site_ordinals, differentiable, fill,
                           apart=chain.shifted if chain is not None else "")
             if not differentiable:
                 tree = not _single_leaf(comp)  # only the single-leaf logsumexp takes addends
@@ -632,7 +626,6 @@ def contract_trace(trace: Trace, differentiable: bool = False) -> EStep:
                     if tree:
                         b.materialize()
                     if b.fill is not None:
-                        b.fill = _probe_filler(comp, chain, dim_size)
                         continue
                     b.tensor = with_dims(b.tensor.detach().requires_grad_(), b.dims)
             else:

@@ -164,15 +164,8 @@ class Expectations:
             if any(self._e.dim_size.get(s, 1) == 1 for s in syms):
                 per = self.marginal(a) if b is None else self.joint(a, b)
                 out = per.reshape((-1,) + per.shape[per.dim() - len(sites):]).sum(0)
-            else:
-                best = None
-                for blk in self._blocks():
-                    if blk.ordinal == deeper and set(syms) <= set(blk.dims):
-                        if best is None or blk.tensor.numel() < best.tensor.numel():
-                            best = blk
-                if best is None:
-                    raise ValueError(f"expected_counts{sites}: no factor of the model holds these latents together")
-                out = reduce_to(best.posterior(), best.dims, syms)
+            else:  # the posterior of the smallest table holding them, with no plate kept
+                out, _ = self._posterior(syms, deeper, "", f"expected_counts{sites}")
             self._cache[key] = out
         return self._cache[key]
 

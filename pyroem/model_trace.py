@@ -21,6 +21,7 @@ from .handlers import (
     is_subsample_site,
     is_unscored,
 )
+from .packing import broadcast_shape
 
 
 def compute_log_prob(trace: Trace) -> None:
@@ -53,12 +54,6 @@ _COMPACT = {
 
 #: below this many batch elements a log-density is cheap either way: not worth a second distribution
 _COMPACT_FROM = 1 << 12
-
-
-def _broadcast_shape(a, b) -> torch.Size:
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    return torch.Size(y if x == 1 else x for x, y in zip(a, b))
 
 
 def _categorical_log_prob(table: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -103,12 +98,12 @@ def _broadcast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
         else:
             table = probs_to_logits(params["probs"][index])
         out = _categorical_log_prob(table, value)
-        return out.expand(_broadcast_shape(value.shape, fn.batch_shape))
+        return out.expand(broadcast_shape(value.shape, fn.batch_shape))
     compact = type(base)(**{n: p[index] for n, p in params.items()}, validate_args=False)
     if event_dims:
         compact = dist.Independent(compact, event_dims)
     out = compact.log_prob(value)
-    return out.expand(_broadcast_shape(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape))
+    return out.expand(broadcast_shape(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape))
 
 
 def _plate_dims(site: dict) -> List[int]:
@@ -136,6 +131,7 @@ class ModelTracer:
         self.max_plate_nesting = max_plate_nesting
         self.param_names: Tuple[str, ...] = ()
         self.map_sites: Tuple[str, ...] = ()
+        self.vectorized_chain = False
         self._probed = False
 
     # -- structure -------------------------------------------------------------------
@@ -161,6 +157,11 @@ class ModelTracer:
         )
         self.map_sites = tuple(
             name for name, site in trace.nodes.items() if site["type"] == "sample" and is_map_site(site)
+        )
+        # a latent's shifted copy (pyroem.vectorized_markov or pyro.contrib.funsor's)
+        self.vectorized_chain = any(
+            site["type"] == "sample" and site["infer"].get("_do_not_score") and not site["is_observed"]
+            for site in trace.nodes.values()
         )
         self._probed = True
 

@@ -40,6 +40,27 @@ def reduce_to(t: torch.Tensor, dims: str, target: str) -> torch.Tensor:
     return t
 
 
+def broadcast_shape(*shapes) -> torch.Size:
+    """The shape ``shapes`` broadcast to (as ``torch.broadcast_shapes``, without its import cost)."""
+    n = max(len(s) for s in shapes)
+    out = [1] * n
+    for s in shapes:
+        for i, d in enumerate(s, n - len(s)):
+            if d != 1:
+                out[i] = d
+    return torch.Size(out)
+
+
+def narrow_broadcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without its broadcast (stride-0) extent: such dims narrowed to size 1, a view.
+    A prior ``log p(z)`` is often a ``(K, N)`` view of ``K`` numbers, a location ``locs[x]``
+    expanded over sequences and steps ``K`` numbers whatever its shape."""
+    for d, (n, st) in enumerate(zip(t.shape, t.stride())):
+        if st == 0 and n > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
 def sizes(tensors: Iterable[torch.Tensor]) -> Dict[str, int]:
     out: Dict[str, int] = {}
     for t in tensors:

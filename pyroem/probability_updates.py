@@ -28,6 +28,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDi
 from pyro.poutine.trace_struct import Trace
 
 from .handlers import is_map_site, is_unscored
+from .packing import broadcast_shape, narrow_broadcast
 from .qfunction import site_weight
 
 KINDS = ("categorical", "binary", "rate")
@@ -56,17 +57,6 @@ class _Use:
     stats: Optional[Dict[str, torch.Tensor]] = None  # a Normal's weighted residual sums
 
 
-def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
-    """The shape ``shapes`` broadcast to (as ``torch.broadcast_shapes``, without its import cost)."""
-    n = max(len(s) for s in shapes)
-    out = [1] * n
-    for s in shapes:
-        for i, d in enumerate(s, n - len(s)):
-            if d != 1:
-                out[i] = d
-    return torch.Size(out)
-
-
 def _unwrap(fn, w: torch.Tensor) -> Tuple[object, torch.Tensor]:
     """The innermost distribution and the weight broadcast to its batch shape."""
     while True:
@@ -93,31 +83,22 @@ def _raw_categorical(p: torch.Tensor) -> Optional[Tuple[torch.Tensor, object]]:
     return node._saved_self, node
 
 
-def _narrow_broadcast(t: torch.Tensor) -> torch.Tensor:
-    """A view of ``t`` with its broadcast (stride-0) dims narrowed to one element: a location
-    ``locs[x]`` expanded over sequences and steps is ``K`` numbers, whatever its shape."""
-    for d, (n, st) in enumerate(zip(t.shape, t.stride())):
-        if st == 0 and n > 1:
-            t = t.narrow(d, 0, 1)
-    return t
-
-
 def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) -> List[_Use]:
     """A ``Normal`` site's loc and scale, where they depend on the parameters, with the weighted
     sums of its residuals ``d = y - loc`` at θₙ: Σ w, Σ w d, Σ w d², Σ w d / s², Σ w / s². The
     sums are taken down to the distinct entries of loc and scale (their broadcast dims summed),
     and mapped back to the parameters from there."""
-    loc, scale = _narrow_broadcast(fn.loc), _narrow_broadcast(fn.scale)
+    loc, scale = narrow_broadcast(fn.loc), narrow_broadcast(fn.scale)
     d = value.to(loc.dtype) - loc.detach()
     s2 = scale.detach() ** 2
-    full = _broadcast_shape(w.shape, d.shape, s2.shape)
+    full = broadcast_shape(w.shape, d.shape, s2.shape)
     w_full, d_full = w.expand(full), d.expand(full)
     wd = w_full * d_full
     out = []
     if loc.requires_grad:
         shape = loc.shape
         sums = {"w": w_full.sum_to_size(shape), "wd": wd.sum_to_size(shape), "wd2": (wd * d_full).sum_to_size(shape)}
-        if _broadcast_shape(shape, s2.shape) == shape:  # s² constant over what is summed
+        if broadcast_shape(shape, s2.shape) == shape:  # s² constant over what is summed
             sums["wd_s2"], sums["w_s2"] = sums["wd"] / s2, sums["w"] / s2
         else:
             sums["wd_s2"], sums["w_s2"] = (wd / s2).sum_to_size(shape), (w_full / s2).sum_to_size(shape)
@@ -154,7 +135,7 @@ def _enumerated_counts(w: torch.Tensor, value: torch.Tensor, p: torch.Tensor) ->
         return None
     if not torch.equal(value.reshape(-1), torch.arange(k, device=value.device, dtype=value.dtype)):
         return None
-    full = _broadcast_shape(w.shape, value.shape, batch)
+    full = broadcast_shape(w.shape, value.shape, batch)
     counts = w.to(p.dtype).expand(full).movedim(e, -1)
     if -e <= len(batch):
         counts = counts.unsqueeze(e - 1)  # p's batch keeps a size-1 dim there
@@ -172,7 +153,7 @@ def _count_use(fn, w: torch.Tensor, value: torch.Tensor) -> Optional[_Use]:
         counts = _enumerated_counts(w, value, p)
         if counts is not None:
             return _Use(raw, "categorical", counts.sum_to_size(raw.shape), counts)
-        shape = _broadcast_shape(value.shape + (1,), p.shape)
+        shape = broadcast_shape(value.shape + (1,), p.shape)
         idx = value.long().unsqueeze(-1).expand(shape[:-1] + (1,))
         w_full = w.unsqueeze(-1).expand(shape[:-1] + (1,)).to(p.dtype)
         counts = p.new_zeros(shape[:-1] + (p.shape[-1],)).scatter_add_(-1, idx, w_full)
@@ -181,13 +162,13 @@ def _count_use(fn, w: torch.Tensor, value: torch.Tensor) -> Optional[_Use]:
         p = fn.probs
         n = fn.total_count if isinstance(fn, Binomial) else 1.0
         v = value.to(p.dtype)
-        full = _broadcast_shape(w.shape, v.shape, p.shape)
+        full = broadcast_shape(w.shape, v.shape, p.shape)
         return _Use(p, "binary", (w * v).expand(full).sum_to_size(p.shape),
                     (w * (n - v)).expand(full).sum_to_size(p.shape))
     if isinstance(fn, (Poisson, Exponential)) and fn.rate.requires_grad:
         lam = fn.rate
         v = value.to(lam.dtype)
-        full = _broadcast_shape(w.shape, v.shape, lam.shape)
+        full = broadcast_shape(w.shape, v.shape, lam.shape)
         weight = w.expand(full).sum_to_size(lam.shape)
         weighted = (w * v).expand(full).sum_to_size(lam.shape)
         # Poisson: Σ w (y log λ - λ); Exponential: Σ w (log λ - λ y)

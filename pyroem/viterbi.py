@@ -6,7 +6,7 @@ E-step builds (``pyroem.chain_kernels``), whose transitions may vary along time 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -218,12 +218,16 @@ def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: 
     return log_prob, out
 
 
-def chain_viterbi(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def chain_viterbi(init: torch.Tensor, trans: torch.Tensor,
+                  emit: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(max log score (B,), states (B, T + 1))`` of the chains ``init`` ``(B, K)``, ``trans``
-    ``(1 | B, 1 | T, K, K)`` (rows: the state before the step), ``emit`` ``(B, T, K)``: the
-    argmax of ``init[x_0] + Σ_t trans_t[x_{t-1}, x_t] + emit_t[x_t]``."""
+    ``(1 | B, 1 | T, K, K)`` (rows: the state before the step), ``emit`` ``(B, T, K)`` (None:
+    zeros), as ``chain_log_partition`` takes them: the argmax of
+    ``init[x_0] + Σ_t trans_t[x_{t-1}, x_t] + emit_t[x_t]``."""
     from .chain_kernels import SCAN_FROM
 
+    if emit is None:
+        emit = init.new_zeros((init.shape[0], trans.shape[1], init.shape[1]))
     b, steps, k = emit.shape
     if trans.shape[0] == 1 and trans.shape[1] == 1:
         log_emit = torch.cat([init.unsqueeze(1), emit], dim=1)
