@@ -115,7 +115,7 @@ class BaseHMM:
     count as zeros (no transition ever observed from a state), the old row is kept.
 
     The E-step is ``pyroem.EM``'s on the Pyro model (a ``pyroem.vectorized_markov`` chain): the
-    forward recursion with its backward pass written out (O(T K²) in T sequential steps,
+    scaled forward recursion, its gradient giving the posteriors (O(T K²) in T sequential steps,
     vectorized over sequences), or for sequences of 1024 steps and more a scan in time (O(T K³)
     work in about 2√T + log₂ T sequential steps). ``implementation`` is accepted for hmmlearn
     code (``"log"``, ``"scaling"``, ``"scan"``, ``"engine"``, ``"auto"``); the engine chooses.
@@ -274,9 +274,9 @@ class BaseHMM:
         """The M-step ``pyroem.EM`` runs: the posteriors read from ``expect``, then ``_m_step``."""
         p = {name: pyro.param(name).detach() for name in self._all_params()}
         w = mask.to(p["startprob"].dtype)
-        gamma = self._gamma(expect, Xpad.shape[1]) * w.unsqueeze(-1)
-        trans = torch.zeros_like(p["transmat"])
         t_max = Xpad.shape[1]
+        gamma = self._gamma(expect, t_max) * w.unsqueeze(-1)
+        trans = torch.zeros_like(p["transmat"])
         if "t" in self.params and t_max > 1:
             pair = (f"x_{slice(0, t_max - 1, None)}", f"x_{slice(1, t_max, None)}")
             if bool(mask.all()):

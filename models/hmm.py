@@ -40,10 +40,11 @@ def _categorical(probs: torch.Tensor, probs_constraint: constraints.Constraint) 
     from their logarithm, so that an exact zero stays impossible (``probs=`` clamps it to eps)."""
     if probs_constraint is constraints.simplex:
         return dist.Categorical(probs)
-    out = dist.Categorical(logits=probs.log())
+    logits = probs.log()
+    out = dist.Categorical(logits=logits)
     # the table's own logarithms, not renormalized (rows already sum to one): the log-probabilities
     # hmmlearn computes, to the bit, so exactly tied Viterbi paths resolve the same way
-    out.logits = probs.log()
+    out.logits = logits
     return out
 
 
