@@ -94,10 +94,11 @@ def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) ->
     full = broadcast_shape(w.shape, d.shape, s2.shape)
     w_full, d_full = w.expand(full), d.expand(full)
     wd = w_full * d_full
+    wd2 = wd * d_full
     out = []
     if loc.requires_grad:
         shape = loc.shape
-        sums = {"w": w_full.sum_to_size(shape), "wd": wd.sum_to_size(shape), "wd2": (wd * d_full).sum_to_size(shape)}
+        sums = {"w": w_full.sum_to_size(shape), "wd": wd.sum_to_size(shape), "wd2": wd2.sum_to_size(shape)}
         if broadcast_shape(shape, s2.shape) == shape:  # s² constant over what is summed
             sums["wd_s2"], sums["w_s2"] = sums["wd"] / s2, sums["w"] / s2
         else:
@@ -105,7 +106,7 @@ def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) ->
         out.append(_Use(loc, "loc", w, w, name, {k: v.expand(shape) for k, v in sums.items()}))
     if scale.requires_grad:
         shape = scale.shape
-        sums = {"w": w_full.sum_to_size(shape), "wd2": (wd * d_full).sum_to_size(shape)}
+        sums = {"w": w_full.sum_to_size(shape), "wd2": wd2.sum_to_size(shape)}
         out.append(_Use(scale, "scale", w, w, name, sums))
     return out
 
