@@ -20,7 +20,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .chain_kernels import chain_log_partition
 from .handlers import MarkovChain, is_enumerated_site, is_subsample_site, is_unscored
-from .packing import align, dims_of, narrow_broadcast, sizes, with_dims
+from .packing import align, broadcast_shape, dims_of, narrow_broadcast, sizes, with_dims
 from .scratch import is_donated
 
 Scale = Union[float, torch.Tensor]
@@ -291,6 +291,10 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
         else:  # the E-step: one backward pass for the posteriors, never a second derivative
             out = _LogSumExp.apply(b.tensor, sum_at, b.scratch, *b.addends)
         return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
+    path = markov_path(comp, dim_size, differentiable)
+    if path is not None:
+        log_z = chain_log_partition(path.init, path.trans, path.emit, first_order=not differentiable)
+        return with_dims(log_z.reshape(path.outer_shape), path.keep)
     forest = _contract_forest(comp)
     if forest is not None:
         return forest
@@ -298,6 +302,98 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
     for b in comp.blocks:
         tree.setdefault(b.ordinal, []).append(b.tensor)
     return contract_to_tensor(tree, set(comp.sum_dims), comp.target, ring=LogRing(dim_to_size=dim_size))
+
+
+#: paths of at least this many latents are stacked along their length and eliminated by
+#: ``chain_log_partition``; shorter ones, a latent at a time by :func:`_contract_forest`
+PATH_FROM = 3
+
+
+class MarkovPath(NamedTuple):
+    """A component whose latents form a path ``x_0 — x_1 — … — x_{T-1}`` of equal sizes (a chain
+    written with ``pyro.markov``) as ``chain_log_partition``'s tables: its factors stacked along
+    the path, batched over the plates ``keep`` that hold it (``outer_shape``)."""
+
+    latents: str  # the path's dims, in order
+    init: torch.Tensor  # (B, K): the factors of x_0 alone
+    trans: torch.Tensor  # (1 | B, T - 1, K, K): the factors of (x_{t-1}, x_t)
+    emit: torch.Tensor  # (B, T - 1, K): the factors of x_t alone
+    keep: str
+    outer_shape: List[int]
+
+
+def markov_path(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> Optional[MarkovPath]:
+    """The component as a :class:`MarkovPath`, or None where its latents do not form one: every
+    latent in the component's target plates, every factor touching one latent or two
+    neighbours of the path, at least ``PATH_FROM`` latents of one size. Each factor is summed
+    over its inner plates first (observations in a plate of their own). Stacking keeps every
+    block's own tensor in the graph, so the backward pass gives each step's posterior; a
+    transition only broadcast along plates stays one table per step where the graph leads to
+    the parameters (``differentiable``), not where the blocks are the E-step's leaves, whose
+    gradients are posteriors per plate element."""
+    n = len(comp.sum_dims)
+    if n < PATH_FROM or len({dim_size[d] for d in comp.sum_dims}) != 1:
+        return None
+    keep = "".join(sorted(comp.target))
+    units: Dict[str, List[torch.Tensor]] = {}
+    pairs: Dict[frozenset, List[tuple]] = {}
+    home: Set[str] = set()
+    for b in comp.blocks:
+        latents = "".join(d for d in b.dims if d in comp.sum_dims)
+        if len(latents) > 2:
+            return None
+        if b.ordinal == comp.target:
+            home.update(latents)
+        inner = [i for i, d in enumerate(b.dims) if d not in comp.sum_dims and d not in comp.target]
+        t = b.tensor.sum(inner) if inner else b.tensor
+        dims = "".join(d for d in b.dims if d in comp.sum_dims or d in comp.target)
+        if len(latents) == 1:
+            units.setdefault(latents, []).append(align(t, dims, latents + keep))
+        else:
+            pairs.setdefault(frozenset(latents), []).append((t, dims))
+    if home != comp.sum_dims or len(pairs) != n - 1:
+        return None
+    neighbours: Dict[str, List[str]] = {d: [] for d in comp.sum_dims}
+    for edge in pairs:
+        a, b = sorted(edge)
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    if any(len(v) > 2 for v in neighbours.values()):
+        return None  # connected with n - 1 edges and no branching: a path
+    ends = {d for d, v in neighbours.items() if len(v) == 1}
+    # start from the end the model samples first
+    start = next(d for f in comp.factors for d in dims_of(f.tensor) if d in ends)
+    order = [start]
+    while len(order) < n:
+        order.append(next(d for d in neighbours[order[-1]] if len(order) < 2 or d != order[-2]))
+    outer_shape = [dim_size.get(d, 1) for d in keep]
+    k = dim_size[start]
+    batch = math.prod(outer_shape)
+
+    def unit(d: str) -> Optional[torch.Tensor]:
+        ts = units.get(d)
+        return None if ts is None else sum(ts[1:], ts[0])
+
+    steps = []
+    for prev, cur in zip(order, order[1:]):
+        ts = [align(t, dims, prev + cur + keep) for t, dims in pairs[frozenset((prev, cur))]]
+        step = sum(ts[1:], ts[0])
+        steps.append(narrow_broadcast(step) if differentiable else step)
+    shared_shape = list(broadcast_shape(*(t.shape for t in steps)))
+    t_outer = outer_shape if any(m > 1 for m in shared_shape[2:]) else [1] * len(keep)
+    trans = torch.stack([t.expand([k, k] + t_outer) for t in steps])          # (T-1, K, K, *outer)
+    trans = trans.movedim((1, 2), (-2, -1)).movedim(0, -3).reshape(math.prod(t_outer), n - 1, k, k)
+    first = unit(start)
+    init = (first.expand([k] + outer_shape).movedim(0, -1).reshape(batch, k) if first is not None
+            else trans.new_zeros((batch, k)))
+    emits = [unit(d) for d in order[1:]]
+    if any(e is not None for e in emits):
+        zero = trans.new_zeros(())
+        emit = torch.stack([(zero if e is None else e).expand([k] + outer_shape) for e in emits])  # (T-1, K, *outer)
+        emit = emit.movedim(1, -1).movedim(0, -2).reshape(batch, n - 1, k)
+    else:
+        emit = trans.new_zeros((batch, n - 1, k))
+    return MarkovPath("".join(order), init, trans, emit, keep, outer_shape)
 
 
 def _contract_forest(comp: Component) -> Optional[torch.Tensor]:

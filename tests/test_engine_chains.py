@@ -340,3 +340,94 @@ def test_vectorized_chain_per_sequence_log_likelihood_and_float32():
     np.testing.assert_allclose(np_(expect32.log_likelihood_by("sequences")), ref, rtol=1e-5)
     np.testing.assert_allclose(np_(expect32.expected_counts(f"x_{slice(0, 6, None)}", f"x_{slice(1, 7, None)}")),
                                sum(r[2].sum(0) for r in reference()), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# chains written with pyro.markov: stacked along time and eliminated by the chain kernels
+# ---------------------------------------------------------------------------------------------
+def test_pyro_markov_chain_posteriors_match_forward_backward():
+    pyro.clear_param_store()
+    expect = pyroem.EM(gaussian_hmm("markov")).e_step(Y)
+    ref = reference()
+    assert float(expect.log_likelihood) == pytest.approx(sum(r[0] for r in ref), rel=1e-12)
+    for t in range(Y.shape[1]):
+        gamma = np_(expect.marginal(f"x_{t}")).reshape(len(Y), K)
+        np.testing.assert_allclose(gamma, np.stack([r[1][t] for r in ref]), rtol=1e-10, atol=1e-14)
+        if t:
+            xi = np_(expect.joint(f"x_{t - 1}", f"x_{t}")).reshape(len(Y), K, K)
+            np.testing.assert_allclose(xi, np.stack([r[2][t - 1] for r in ref]), rtol=1e-10, atol=1e-14)
+
+
+T_VARY, TONES = 6, 3
+
+
+def drifting_chain(y):
+    """Two states whose transition drifts with the step (a covariate), each step emitting a chord
+    of ``TONES`` Bernoulli tones in a plate of its own; ``pyro.markov`` over time."""
+    dt = y.dtype
+    w = pyro.param("w", torch.tensor([[1.0, -0.5], [-0.3, 0.8]], dtype=dt))
+    u = pyro.param("u", torch.tensor([[0.2, -0.1], [0.4, 0.0]], dtype=dt))
+    probs = pyro.param("probs", torch.tensor([[0.8, 0.3, 0.6], [0.2, 0.7, 0.1]], dtype=dt),
+                       constraint=constraints.unit_interval)
+    tones = pyro.plate("tones", TONES, dim=-1)
+    with pyro.plate("sequences", y.shape[0], dim=-2):
+        x = 0
+        for t in pyro.markov(range(y.shape[1])):
+            x = pyro.sample(f"x_{t}", dist.Categorical(logits=(w + t * u)[x]))
+            with tones:
+                pyro.sample(f"y_{t}", dist.Bernoulli(probs[x.squeeze(-1)]), obs=y[:, t])
+
+
+def drifting_brute_force(y):
+    """log p(y) per sequence, p(x_t), p(x_{t-1}, x_t) by summing over every path (torch, so that
+    the gradient of log p(y) is there too)."""
+    w, u, probs = (pyro.param(n) for n in ("w", "u", "probs"))
+    paths = torch.tensor(list(itertools.product(range(2), repeat=y.shape[1])))      # (P, T)
+    log_joint = torch.zeros((y.shape[0], len(paths)), dtype=y.dtype)
+    prev = torch.zeros(len(paths), dtype=torch.long)
+    for t in range(y.shape[1]):
+        cur = paths[:, t]
+        log_joint = log_joint + torch.log_softmax(w + t * u, -1)[prev, cur]
+        p = probs[cur]                                                                   # (P, TONES)
+        log_joint = log_joint + (y[:, t, None] * p.log() + (1 - y[:, t, None]) * (1 - p).log()).sum(-1)
+        prev = cur
+    log_z = torch.logsumexp(log_joint, -1)
+    post = (log_joint - log_z[:, None]).exp()
+    marginals = [post @ torch.nn.functional.one_hot(paths[:, t], 2).to(y.dtype) for t in range(y.shape[1])]
+    pairs = [torch.einsum("np,pi,pj->nij", post, *(torch.nn.functional.one_hot(paths[:, s], 2).to(y.dtype)
+                                                   for s in (t - 1, t))) for t in range(1, y.shape[1])]
+    return log_z, marginals, pairs
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_pyro_markov_chain_with_drifting_transitions_and_a_tones_plate_equals_brute_force(dtype):
+    g = torch.Generator().manual_seed(3)
+    y = torch.bernoulli(torch.full((4, T_VARY, TONES), 0.5, dtype=dtype), generator=g)
+    pyro.clear_param_store()
+    expect = pyroem.EM(drifting_chain).e_step(y)
+    with torch.no_grad():
+        log_z, marginals, pairs = drifting_brute_force(y)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(float(expect.log_likelihood), float(log_z.sum()), **tol)
+    for t in range(T_VARY):
+        np.testing.assert_allclose(np_(expect.marginal(f"x_{t}")).reshape(-1, 2), np_(marginals[t]), **tol)
+        if t:
+            np.testing.assert_allclose(np_(expect.joint(f"x_{t - 1}", f"x_{t}")).reshape(-1, 2, 2),
+                                       np_(pairs[t - 1]), **tol)
+    assert expect.marginal("x_2").dtype == dtype
+
+
+def test_pyro_markov_chain_log_likelihood_gradient_equals_brute_force():
+    """``pyroem.log_likelihood`` differentiated through the stacked chain (the autograd M-step's
+    route) against autograd through the sum over every path."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.bernoulli(torch.full((3, T_VARY, TONES), 0.5, dtype=torch.float64), generator=g)
+    pyro.clear_param_store()
+    ours = pyroem.log_likelihood(drifting_chain, y)
+    params = [pyro.param(n).unconstrained() for n in ("w", "u", "probs")]
+    grads = torch.autograd.grad(ours, params)
+    ref = drifting_brute_force(y)[0].sum()
+    ref_grads = torch.autograd.grad(ref, params)
+    assert float(ours) == pytest.approx(float(ref), rel=1e-12)
+    for a, b in zip(grads, ref_grads):
+        np.testing.assert_allclose(np_(a), np_(b), rtol=1e-9, atol=1e-12)
