@@ -92,7 +92,7 @@ class EM:
         if not bool(torch.isfinite(ll)):
             value = float(ll)
             with torch.no_grad():  # a fresh trace: the E-step may have reused log-prob memory
-                why = explain_nonfinite(value, self.tracer.trace(args, kwargs), self.tracer.params())
+                why = explain_nonfinite(value, self.tracer.trace(args, kwargs, validate=True), self.tracer.params())
             raise ValueError(f"log p(y|θ) is {value} {where}: {why}")
         return expect
 

@@ -1,8 +1,10 @@
 """Tracing a user's model under parallel enumeration of its discrete latents."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Dict, List, Optional, Tuple
+import weakref
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -106,6 +108,45 @@ def _broadcast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
     return out.expand(broadcast_shape(value.shape[:value.dim() - len(fn.event_shape)], fn.batch_shape))
 
 
+class _SeenArguments:
+    """The arguments of the last trace run with distribution validation on, by identity (weak
+    references to tensors and arrays, so that the data is never kept alive by the record)."""
+
+    def __init__(self) -> None:
+        self._refs: Optional[tuple] = None
+
+    @staticmethod
+    def _refs_of(args: tuple, kwargs: dict) -> tuple:
+        out = []
+        for v in list(args) + [kwargs[k] for k in sorted(kwargs)]:
+            try:
+                out.append(weakref.ref(v))
+            except TypeError:  # ints, strings, tuples: held as they are
+                out.append(lambda v=v: v)
+        return tuple(out) + tuple(sorted(kwargs))
+
+    def remember(self, args: tuple, kwargs: dict) -> None:
+        self._refs = self._refs_of(args, kwargs)
+
+    def matches(self, args: tuple, kwargs: dict) -> bool:
+        refs = self._refs
+        values = list(args) + [kwargs[k] for k in sorted(kwargs)]
+        if refs is None or len(refs) != len(values) + len(kwargs) or refs[len(values):] != tuple(sorted(kwargs)):
+            return False
+        return all(r() is v for r, v in zip(refs, values))
+
+
+@contextlib.contextmanager
+def _distribution_validation(enabled: bool) -> Iterator[None]:
+    """Pyro's distribution validation set to ``enabled`` inside, restored afterwards."""
+    before = dist.is_validation_enabled()
+    dist.enable_validation(enabled and before)
+    try:
+        yield
+    finally:
+        dist.enable_validation(before)
+
+
 def _plate_dims(site: dict) -> List[int]:
     return [f.dim for f in site["cond_indep_stack"] if f.vectorized]
 
@@ -133,6 +174,7 @@ class ModelTracer:
         self.map_sites: Tuple[str, ...] = ()
         self.vectorized_chain = False
         self._probed = False
+        self._validated = _SeenArguments()
 
     # -- structure -------------------------------------------------------------------
     def probe(self, args: tuple, kwargs: dict) -> None:
@@ -231,15 +273,24 @@ class ModelTracer:
 
     def trace(
         self, args: tuple, kwargs: dict, subsample: Optional[Dict[str, torch.Tensor]] = None,
-        values: Optional[Dict[str, torch.Tensor]] = None,
+        values: Optional[Dict[str, torch.Tensor]] = None, validate: bool = False,
     ) -> Trace:
         """An enumerated trace with ``log_prob`` computed at every sample site; ``values``
-        (constrained, by name) replace the param store's params and MAP estimates."""
+        (constrained, by name) replace the param store's params and MAP estimates. ``validate``:
+        distributions validate their arguments even where these arguments were traced before."""
         self.ensure_probed(args, kwargs)
-        trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
-        # vectorized Markov chains, by name: the E-step contracts them along time
-        trace.markov_chains = dict(self._policy.chains)
-        compute_log_prob(trace)
+        # distributions validate their parameters and the data on the first trace of these
+        # arguments; the steps of a fit that follow trace the same data with params that stay
+        # inside their constraints, and skip it (a value gone wrong still shows as a non-finite
+        # log-likelihood, explained by a validated trace)
+        again = not validate and self._validated.matches(args, kwargs)
+        with _distribution_validation(not again):
+            trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
+            # vectorized Markov chains, by name: the E-step contracts them along time
+            trace.markov_chains = dict(self._policy.chains)
+            compute_log_prob(trace)
+        if not again and dist.is_validation_enabled():
+            self._validated.remember(args, kwargs)
         return trace
 
     @staticmethod

@@ -169,3 +169,24 @@ def test_non_finite_gradient_of_q_is_reported_with_the_param_name():
 
     with pytest.raises(ValueError, match="'coef'.*not finite"):
         pyroem.EM(model).step(x, y)
+
+
+def test_new_data_is_validated_on_every_fit_while_repeated_steps_reuse_the_check():
+    """Distributions validate the data on the first trace of each set of arguments: steps on the
+    same tensor skip the check, a new tensor (even one step later) is checked again."""
+    def model(y):
+        p = pyro.param("p", torch.tensor([0.3, 0.7], dtype=torch.float64), constraint=constraints.unit_interval)
+        w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=torch.float64), constraint=constraints.simplex)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Bernoulli(p[z]), obs=y)
+
+    pyro.clear_param_store()
+    em = pyroem.EM(model)
+    good = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    em.step(good)
+    em.step(good)
+    with pytest.raises(ValueError, match="(?s)site 'y'.*support"):
+        em.step(torch.tensor([0.0, 2.0, 1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="(?s)site 'y'.*support"):
+        pyroem.EM(model).fit(torch.tensor([0.0, 1.0, -1.0, 0.0], dtype=torch.float64), max_iter=3)
