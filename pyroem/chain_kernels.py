@@ -195,11 +195,10 @@ class _ForwardBackward(torch.autograd.Function):
         ws = []
         step_mats = _steps(mats, steps)
         scaled = (emits / scales[:, 1:, None]).unbind(1)
-        shared_t = mats[0, 0].T if shared else None
         for t in range(steps - 1, -1, -1):
             w = scaled[t] * betas[-1]
             ws.append(w)
-            betas.append(w @ shared_t if shared else torch.matmul(step_mats[t], w.unsqueeze(-1)).squeeze(-1))
+            betas.append(w @ step_mats[t][0].T if shared else torch.matmul(step_mats[t], w.unsqueeze(-1)).squeeze(-1))
         betas.reverse()
         ws.reverse()
         g = grad.unsqueeze(-1)

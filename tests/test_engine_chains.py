@@ -152,13 +152,15 @@ def test_chain_kernel_matches_brute_force_with_zeros_and_time_varying_steps(meth
     np.testing.assert_allclose(np_(got), np_(torch.stack(ref)), rtol=1e-12)
 
 
-def test_chain_kernel_explicit_backward_equals_autograd():
-    """The E-step's Baum-Welch backward pass (shared transition, per-step probe) gives the
-    gradients autograd gives through the scan."""
+@pytest.mark.parametrize("trans_shape", [(1, 1), (1, 6), (3, 6)], ids=["shared", "per-step", "per-chain-and-step"])
+def test_chain_kernel_explicit_backward_equals_autograd(trans_shape):
+    """The E-step's Baum-Welch backward pass (per-step probe) gives the gradients autograd
+    gives through the scan, for a transition shared by every step, one per step (a
+    ``pyro.markov`` chain whose transition drifts) and one per chain and step."""
     g = torch.Generator().manual_seed(4)
     b, steps, k = 3, 6, 4
     init = torch.randn(b, k, generator=g, dtype=torch.float64)
-    trans = torch.randn(1, 1, k, k, generator=g, dtype=torch.float64)
+    trans = torch.randn(trans_shape + (k, k), generator=g, dtype=torch.float64)
     emit = torch.randn(b, steps, k, generator=g, dtype=torch.float64) * 2
     weights = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     grads = []
