@@ -293,7 +293,7 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
         return with_dims(out, "".join(d for d in b.dims if d not in comp.sum_dims))
     path = markov_path(comp, dim_size, differentiable)
     if path is not None:
-        log_z = chain_log_partition(path.init, path.trans, path.emit, first_order=not differentiable)
+        log_z = chain_log_partition(path.init, path.trans, path.emit, probe=path.probe, first_order=not differentiable)
         return with_dims(log_z.reshape(path.outer_shape), path.keep)
     forest = _contract_forest(comp)
     if forest is not None:
@@ -318,8 +318,26 @@ class MarkovPath(NamedTuple):
     init: torch.Tensor  # (B, K): the factors of x_0 alone
     trans: torch.Tensor  # (1 | B, T - 1, K, K): the factors of (x_{t-1}, x_t)
     emit: torch.Tensor  # (B, T - 1, K): the factors of x_t alone
+    probe: Optional[torch.Tensor]  # (B, T - 1, K, K) zeros whose gradient is each step's pair posterior
     keep: str
     outer_shape: List[int]
+
+
+class _StackedProbe(torch.autograd.Function):
+    """Zeros ``(B, T, K, K)`` standing in for ``T`` step tables ``(K, K, *outer)``: the gradient
+    it receives is handed back to each table, one step each (B = the product of ``outer``)."""
+
+    @staticmethod
+    def forward(ctx, outer_shape: List[int], *steps: torch.Tensor) -> torch.Tensor:
+        ctx.outer_shape = list(outer_shape)
+        k = steps[0].shape[0]
+        return steps[0].new_zeros(()).expand(math.prod(outer_shape), len(steps), k, k)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        _, steps, k, _ = grad.shape
+        g = grad.reshape(ctx.outer_shape + [steps, k, k]).movedim(-3, 0).movedim((-2, -1), (1, 2))
+        return (None,) + tuple(g.unbind(0))
 
 
 def markov_path(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> Optional[MarkovPath]:
@@ -377,10 +395,18 @@ def markov_path(comp: Component, dim_size: Dict[str, int], differentiable: bool 
     steps = []
     for prev, cur in zip(order, order[1:]):
         ts = [align(t, dims, prev + cur + keep) for t, dims in pairs[frozenset((prev, cur))]]
-        step = sum(ts[1:], ts[0])
-        steps.append(narrow_broadcast(step) if differentiable else step)
-    shared_shape = list(broadcast_shape(*(t.shape for t in steps)))
-    t_outer = outer_shape if any(m > 1 for m in shared_shape[2:]) else [1] * len(keep)
+        steps.append(sum(ts[1:], ts[0]))
+    narrowed = [narrow_broadcast(t) for t in steps]
+    shared = all(m == 1 for t in narrowed for m in t.shape[2:])  # one table per step for every plate element
+    probe = None
+    if shared and not differentiable:
+        # the E-step: the transitions enter as one table per step, detached; a zero probe in their
+        # place gives each step's pair posterior per plate element back to its block
+        probe = _StackedProbe.apply(outer_shape, *(t.expand([k, k] + outer_shape) for t in steps))
+        steps = [t.detach() for t in narrowed]
+    elif differentiable or shared:
+        steps = narrowed
+    t_outer = [1] * len(keep) if shared else outer_shape
     trans = torch.stack([t.expand([k, k] + t_outer) for t in steps])          # (T-1, K, K, *outer)
     trans = trans.movedim((1, 2), (-2, -1)).movedim(0, -3).reshape(math.prod(t_outer), n - 1, k, k)
     first = unit(start)
@@ -393,7 +419,7 @@ def markov_path(comp: Component, dim_size: Dict[str, int], differentiable: bool 
         emit = emit.movedim(1, -1).movedim(0, -2).reshape(batch, n - 1, k)
     else:
         emit = trans.new_zeros((batch, n - 1, k))
-    return MarkovPath("".join(order), init, trans, emit, keep, outer_shape)
+    return MarkovPath("".join(order), init, trans, emit, probe, keep, outer_shape)
 
 
 def _contract_forest(comp: Component) -> Optional[torch.Tensor]:
