@@ -1,8 +1,9 @@
 """Viterbi decoding (max-product along a chain), vectorized over sequences and states.
 
-:func:`viterbi` and :func:`viterbi_blocked` decode padded sequences of a chain with one shared
-transition matrix (hmmlearn's tie-breaking); :func:`chain_viterbi` decodes the chain tables the
-E-step builds (``pyroem.chain_kernels``), whose transitions may vary along time and batch."""
+:func:`viterbi`, :func:`viterbi_speculative` (long sequences) and :func:`viterbi_blocked` decode
+padded sequences of a chain with one shared transition matrix (hmmlearn's tie-breaking);
+:func:`chain_viterbi` decodes the chain tables the E-step builds (``pyroem.chain_kernels``), whose
+transitions may vary along time and batch."""
 from __future__ import annotations
 
 import math
@@ -12,12 +13,19 @@ import numpy as np
 import torch
 
 
-def _best_predecessor(delta: torch.Tensor, trans_rev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _columns_reversed(log_trans: torch.Tensor) -> torch.Tensor:
+    """``log Aᵀ`` with its last dim reversed: ``out[..., j, r] = log A[K-1-r, j]``, the layout in
+    which :func:`_best_predecessor` reduces over contiguous memory."""
+    return log_trans.transpose(-2, -1).flip(-1).contiguous()
+
+
+def _best_predecessor(delta: torch.Tensor, cols_rev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``max_i δ(i) + log A_ij`` and its ``i`` for every ``j`` (batched over leading dims of
-    ``delta``), ties to the last maximal ``i``: the max runs over the reversed rows
-    ``trans_rev = log A.flip(0)``, where the first maximum is the last one of the original order."""
-    best, idx = (delta.flip(-1).unsqueeze(-1) + trans_rev).max(dim=-2)
-    return best, trans_rev.shape[-2] - 1 - idx
+    ``delta``), ties to the last maximal ``i``: the max runs over the reversed states
+    (``cols_rev`` from :func:`_columns_reversed`), where the first maximum is the last one of the
+    original order."""
+    best, idx = (delta.flip(-1).unsqueeze(-2) + cols_rev).max(dim=-1)
+    return best, cols_rev.shape[-1] - 1 - idx
 
 
 def _backtrack(pointers, end: int) -> list:
@@ -30,12 +38,12 @@ def _backtrack(pointers, end: int) -> list:
 
 def _forward_torch(log_start, log_trans, log_emit, mask):
     """``(max_j δ_T(j), argmax, ψ as numpy (N, T-1, K))`` by the recursion, on the data's device."""
-    trans_rev = log_trans.flip(0)
+    cols_rev = _columns_reversed(log_trans)
     full = mask.all(0).tolist()
     delta = log_start + log_emit[:, 0]
     pointers = []
     for t in range(1, log_emit.shape[1]):
-        best, ptr = _best_predecessor(delta, trans_rev)
+        best, ptr = _best_predecessor(delta, cols_rev)
         nxt = best + log_emit[:, t]
         pointers.append(ptr)
         delta = nxt if full[t] else torch.where(mask[:, t, None], nxt, delta)
@@ -43,6 +51,10 @@ def _forward_torch(log_start, log_trans, log_emit, mask):
     psi = torch.stack(pointers, dim=1).cpu().numpy() if pointers else None
     return log_prob, end_state, psi
 
+
+#: from this many scores per step (sequences × K²) the recursion runs in torch, whose reduction
+#: over contiguous memory then outweighs its larger cost per call; below, in numpy
+_TORCH_FROM = 1 << 12
 
 #: up to this many states, one float64 sequence runs its recursion over Python floats: a few
 #: scalar operations per step cost less than numpy's per-call overhead
@@ -114,7 +126,7 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         log_prob, path = _viterbi_scalar(*(x.detach().numpy() for x in (log_start, log_trans, log_emit[0])))
         return (torch.tensor([log_prob], dtype=log_emit.dtype),
                 torch.tensor([path], dtype=torch.long, device=log_emit.device))
-    if log_emit.device.type == "cpu":  # numpy's per-call cost is a fraction of torch's
+    if log_emit.device.type == "cpu" and n_seq * k * k < _TORCH_FROM:  # numpy's per-call cost is a fraction of torch's
         log_prob, end_state, psi = _forward_numpy(*(x.detach().numpy() for x in (log_start, log_trans,
                                                                                   log_emit, mask)))
         log_prob, end_state = torch.from_numpy(log_prob), torch.from_numpy(end_state)
@@ -191,11 +203,11 @@ def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: 
         starts.append((starts[-1].unsqueeze(-1) + prod[:, b]).amax(-2))
     delta = torch.stack(starts, dim=1)                                # (N, B, K)
     # (3) the recursion inside all blocks, with back-pointers (identity on padded steps)
-    trans_rev = log_trans.flip(0)
+    cols_rev = _columns_reversed(log_trans)
     same = torch.arange(k, device=log_emit.device).expand(n_seq, n_blocks, k)
     psi = torch.empty((n_seq, n_blocks, c, k), dtype=torch.long, device=log_emit.device)
     for s in range(c):
-        best, ptr = _best_predecessor(delta, trans_rev)
+        best, ptr = _best_predecessor(delta, cols_rev)
         real = step_mask[:, :, s, None]
         psi[:, :, s] = torch.where(real, ptr, same)
         delta = torch.where(real, best + emit[:, :, s], delta)
@@ -218,6 +230,125 @@ def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: 
     return log_prob, out
 
 
+def _parallel(new: torch.Tensor, old: torch.Tensor, tol: float) -> torch.Tensor:
+    """Per row of ``(..., K)``: is ``new - old`` the same number in every state (to ``tol``
+    relative to the scores' size), with the same impossible (``-inf``) states?"""
+    live = torch.isfinite(new)
+    support = (live == torch.isfinite(old)).all(-1)
+    d = torch.where(live, new - old, 0.0)
+    spread = torch.where(live, d, -math.inf).amax(-1) - torch.where(live, d, math.inf).amin(-1)
+    size = torch.where(live, new.abs(), 0.0).amax(-1)
+    return (support & (spread <= tol * (1.0 + size))) | ~live.any(-1)
+
+
+#: rounds of corrections after which the speculative decoder gives way to the blocked one (a
+#: chain whose best paths do not coalesce within a block, such as near-identity transitions)
+_MAX_PASSES = 4
+
+
+def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
+                        mask: torch.Tensor, chunk: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`viterbi` for long sequences with O(T K²) work in about ``4 √T`` sequential steps.
+
+    The ``T - 1`` transitions are cut into blocks of ``chunk`` (default ``≈ √T / 2``) and the
+    recursion runs in every block at once, each block started from zeros instead of its true
+    ``δ``. A max-plus product of a few steps' matrices has rank one (the best paths coalesce,
+    Maleki et al. 2014), so a block's ``δ`` soon equals the true one up to a constant, and
+    argmaxes, hence back-pointers, are unchanged by a constant. A correction pass then reruns
+    every block from the previous block's end until its ``δ`` is parallel to the one stored
+    (usually a few steps); blocks whose end still changed make their successor rerun, and so on.
+    The path is followed back through each block's composed back-pointer map; its
+    log-probability is summed along it. Where the corrections do not settle within
+    ``_MAX_PASSES`` rounds, :func:`viterbi_blocked` decodes instead. Same path as
+    :func:`viterbi` up to rounding (two paths whose scores agree to rounding may be chosen
+    between differently).
+    """
+    n_seq, t_max, k = log_emit.shape
+    device = log_emit.device
+    delta0 = log_start + log_emit[:, 0]
+    if t_max == 1:
+        log_prob, end_state = delta0.max(-1)
+        return log_prob, end_state.unsqueeze(1)
+    steps = t_max - 1
+    # blocks of ≈ √T / 2 steps: the passes over a block's length cost more per step (three of
+    # them) than the walk over the blocks (one integer look-up per block)
+    c = chunk or max(1, int(round(0.5 * steps ** 0.5)))
+    n_blocks = -(-steps // c)
+    pad = n_blocks * c - steps
+    emit, step_mask = log_emit[:, 1:], mask[:, 1:]
+    if pad:
+        emit = torch.cat((emit, emit.new_zeros((n_seq, pad, k))), dim=1)
+        step_mask = torch.cat((step_mask, step_mask.new_zeros((n_seq, pad))), dim=1)
+    emit = emit.reshape(n_seq, n_blocks, c, k)
+    step_mask = step_mask.reshape(n_seq, n_blocks, c)
+    full = step_mask.all(0).all(0).tolist()
+    cols_rev = _columns_reversed(log_trans)
+    same = torch.arange(k, device=device).expand(n_seq, n_blocks, k)
+    scores = log_emit.new_empty((n_seq, n_blocks, c, k))   # δ after every step, up to a constant per block
+    psi = torch.empty((n_seq, n_blocks, c, k), dtype=torch.long, device=device)
+
+    def advance(delta, blocks, s):
+        best, ptr = _best_predecessor(delta, cols_rev)
+        nxt = best + (emit[:, :, s] if blocks is None else emit[:, blocks, s])
+        if not full[s]:
+            real = (step_mask[:, :, s] if blocks is None else step_mask[:, blocks, s]).unsqueeze(-1)
+            nxt, ptr = torch.where(real, nxt, delta), torch.where(real, ptr, same[:, :nxt.shape[1]])
+        return nxt, ptr
+
+    delta = torch.cat((delta0.unsqueeze(1), delta0.new_zeros((n_seq, n_blocks - 1, k))), dim=1)
+    for s in range(c):
+        delta, ptr = advance(delta, None, s)
+        scores[:, :, s] = delta
+        psi[:, :, s] = ptr
+    tol = 64 * torch.finfo(log_emit.dtype).eps
+    todo = torch.arange(1, n_blocks, device=device)   # blocks whose start may be wrong
+    for _ in range(_MAX_PASSES):
+        if not len(todo):
+            break
+        delta = scores[:, todo - 1, -1]
+        active = torch.ones((n_seq, len(todo)), dtype=torch.bool, device=device)
+        for s in range(c):
+            delta, ptr = advance(delta, todo, s)
+            # this step's pointers came from the corrected δ before it; from a step whose δ is
+            # parallel to the stored one on, nothing further changes
+            psi[:, todo, s] = torch.where(active.unsqueeze(-1), ptr, psi[:, todo, s])
+            # past a sequence's end (padding) nothing depends on δ any more
+            active = active & ~_parallel(delta, scores[:, todo, s], tol) & step_mask[:, todo, s]
+            scores[:, todo, s] = torch.where(active.unsqueeze(-1), delta, scores[:, todo, s])
+            if not bool(active.any()):
+                break
+        moved = todo[active.any(0)] + 1    # a block whose end changed: its successor's start did
+        todo = moved[moved < n_blocks]
+    else:
+        if len(todo):
+            return (viterbi_blocked if k <= BLOCKED_MAX_STATES else viterbi)(log_start, log_trans, log_emit, mask)
+    # the first maximal state at each sequence's last step
+    last = (mask.sum(-1) - 2).clamp(min=0)
+    at_end = scores.reshape(n_seq, n_blocks * c, k)[torch.arange(n_seq, device=device), last]
+    end_state = torch.where((mask.sum(-1) > 1).unsqueeze(-1), at_end, delta0).max(-1).indices
+    # each block's map from its last state to the state before its first step
+    back = same
+    for s in range(c - 1, -1, -1):
+        back = psi[:, :, s].gather(-1, back)
+    back_np, rows = back.cpu().numpy(), np.arange(n_seq)
+    ends = np.empty((n_seq, n_blocks), dtype=np.int64)
+    state_np = end_state.cpu().numpy()
+    for b in range(n_blocks - 1, -1, -1):
+        ends[:, b] = state_np
+        state_np = back_np[rows, b, state_np]
+    state = torch.as_tensor(ends, device=device)
+    states = torch.empty((n_seq, n_blocks, c), dtype=torch.long, device=device)
+    for s in range(c - 1, -1, -1):
+        states[:, :, s] = state
+        state = psi[:, :, s].gather(-1, state.unsqueeze(-1)).squeeze(-1)
+    path = torch.cat((state[:, :1], states.reshape(n_seq, n_blocks * c)[:, :steps]), dim=1)
+    # log p(path, y): its start, transitions and emissions summed along it (padding counts 0)
+    picked = log_emit.gather(-1, path.unsqueeze(-1)).squeeze(-1)
+    moves = log_trans[path[:, :-1], path[:, 1:]] + picked[:, 1:]
+    log_prob = log_start[path[:, 0]] + picked[:, 0] + torch.where(mask[:, 1:], moves, 0.0).sum(-1)
+    return log_prob, path
+
+
 def chain_viterbi(init: torch.Tensor, trans: torch.Tensor,
                   emit: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(max log score (B,), states (B, T + 1))`` of the chains ``init`` ``(B, K)``, ``trans``
@@ -232,11 +363,11 @@ def chain_viterbi(init: torch.Tensor, trans: torch.Tensor,
     if trans.shape[0] == 1 and trans.shape[1] == 1:
         log_emit = torch.cat([init.unsqueeze(1), emit], dim=1)
         mask = torch.ones(log_emit.shape[:2], dtype=torch.bool, device=emit.device)
-        decoder = viterbi_blocked if steps + 1 >= SCAN_FROM and k <= BLOCKED_MAX_STATES else viterbi
+        decoder = viterbi_speculative if steps + 1 >= SCAN_FROM else viterbi
         return decoder(torch.zeros(k, dtype=emit.dtype, device=emit.device), trans[0, 0], log_emit, mask)
     delta = init
     pointers = []
-    rev = trans.flip(-2)
+    rev = trans.transpose(-2, -1).flip(-1)
     for t in range(steps):
         best, ptr = _best_predecessor(delta, rev[:, 0 if rev.shape[1] == 1 else t])
         delta = best + emit[:, t]

@@ -178,20 +178,22 @@ def test_long_sequence_viterbi_matches_hmmlearn(kind):
     assert lp_ours == pytest.approx(lp_ref, rel=1e-10)
 
 
+@pytest.mark.parametrize("decoder", ["blocked", "speculative"])
 @pytest.mark.parametrize("chunk", [1, 2, 5, 64])
-def test_blocked_viterbi_block_lengths_match_brute_force(chunk):
+def test_block_decoders_block_lengths_match_brute_force(chunk, decoder):
     """Every path of a 4-state, 7-step chain scored by hand; padded sequences included."""
     from itertools import product
 
-    from pyroem.viterbi import viterbi_blocked
+    from pyroem.viterbi import viterbi_blocked, viterbi_speculative
 
     rs = np.random.RandomState(chunk)
     k, lengths = 4, [7, 3, 1, 6]
     log_start = np.log(rs.dirichlet(np.ones(k)))
     log_trans = np.log(rs.dirichlet(np.ones(k), size=k))
     log_emit, mask = _padded(rs, lengths, k)
-    lp, states = viterbi_blocked(torch.tensor(log_start), torch.tensor(log_trans), torch.tensor(log_emit),
-                                 torch.tensor(mask), chunk=chunk)
+    run = viterbi_blocked if decoder == "blocked" else viterbi_speculative
+    lp, states = run(torch.tensor(log_start), torch.tensor(log_trans), torch.tensor(log_emit),
+                     torch.tensor(mask), chunk=chunk)
     for n, t in enumerate(lengths):
         best, best_path = -np.inf, None
         for path in product(range(k), repeat=t):
@@ -219,3 +221,27 @@ def test_single_sequence_viterbi_breaks_ties_like_hmmlearn(k):
     lp_ref, path_ref = ref.decode(X)
     np.testing.assert_array_equal(path_ours, path_ref)
     assert lp_ours == pytest.approx(lp_ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("stay", [0.0, 0.9, 0.999], ids=["mixing", "sticky", "near-identity"])
+def test_speculative_viterbi_equals_the_sequential_recursion(stay, monkeypatch):
+    """Blocks started from zeros and corrected: the sequential recursion's path and score, on
+    chains whose best paths coalesce at once, after a few steps, and hardly at all (where the
+    corrections run out and the blocked decoder takes over; counted)."""
+    from pyroem import viterbi as vit
+
+    calls = []
+    blocked = vit.viterbi_blocked
+    monkeypatch.setattr(vit, "viterbi_blocked", lambda *a, **kw: calls.append(1) or blocked(*a, **kw))
+    rs = np.random.RandomState(7)
+    k, lengths = 5, [3000, 2400, 2999]
+    log_start = torch.tensor(np.log(rs.dirichlet(np.ones(k))))
+    trans = stay * np.eye(k) + (1 - stay) * rs.dirichlet(np.ones(k), size=k)
+    log_trans = torch.tensor(np.log(trans))
+    log_emit, mask = _padded(rs, lengths, k, scale=0.05 if stay > 0.99 else 2.0)
+    log_emit, mask = torch.tensor(log_emit), torch.tensor(mask)
+    lp_ref, path_ref = vit.viterbi(log_start, log_trans, log_emit, mask)
+    lp, path = vit.viterbi_speculative(log_start, log_trans, log_emit, mask)
+    np.testing.assert_allclose(lp.numpy(), lp_ref.numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(path[mask].numpy(), path_ref[mask].numpy())
+    assert bool(calls) == (stay > 0.99)
