@@ -151,6 +151,10 @@ def _plate_dims(site: dict) -> List[int]:
     return [f.dim for f in site["cond_indep_stack"] if f.vectorized]
 
 
+#: plates the probe run leaves room for before the dims it enumerates in (more: a plain run)
+_PROBE_NESTING = 8
+
+
 class ModelTracer:
     """Runs ``model`` under :class:`LatentPolicy` and ``poutine.enum``.
 
@@ -178,8 +182,8 @@ class ModelTracer:
 
     # -- structure -------------------------------------------------------------------
     def probe(self, args: tuple, kwargs: dict) -> None:
-        """Learn the model's plate nesting, params and MAP sites from one plain run."""
-        trace = poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(*args, **kwargs)
+        """Learn the model's plate nesting, params and MAP sites from one run."""
+        trace = self._probe_trace(args, kwargs)
         nesting = 0
         for site in trace.nodes.values():
             if site["type"] == "sample":
@@ -206,6 +210,18 @@ class ModelTracer:
             for site in trace.nodes.values()
         )
         self._probed = True
+
+    def _probe_trace(self, args: tuple, kwargs: dict) -> Trace:
+        """The model run once: under enumeration at dims left of any plate it may nest (each
+        latent a column of its values, so a chain over ``T`` steps costs what the E-step's trace
+        costs), or, where it cannot run so, with every latent at the first value of its support
+        (an error of the model itself is then raised from that run)."""
+        depth = _PROBE_NESTING if self.max_plate_nesting is None else self.max_plate_nesting
+        try:
+            model = poutine.enum(LatentPolicy(enumerate=True)(self.model), first_available_dim=-1 - depth)
+            return poutine.trace(model).get_trace(*args, **kwargs)
+        except Exception:
+            return poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(*args, **kwargs)
 
     def ensure_probed(self, args: tuple, kwargs: dict) -> None:
         """Probe the model on these arguments unless it has been probed already."""
