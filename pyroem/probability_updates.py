@@ -95,10 +95,19 @@ def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) ->
     w_full, d_full = w.expand(full), d.expand(full)
     wd = w_full * d_full
     wd2 = wd * d_full
+    taken: Dict[tuple, torch.Tensor] = {}
+
+    def summed(what: str, t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """``t`` summed down to ``shape``, once per shape (a location and a scale of one shape share it)."""
+        key = (what, tuple(shape))
+        if key not in taken:
+            taken[key] = t.sum_to_size(shape)
+        return taken[key]
+
     out = []
     if loc.requires_grad:
         shape = loc.shape
-        sums = {"w": w_full.sum_to_size(shape), "wd": wd.sum_to_size(shape), "wd2": wd2.sum_to_size(shape)}
+        sums = {"w": summed("w", w_full, shape), "wd": summed("wd", wd, shape), "wd2": summed("wd2", wd2, shape)}
         if broadcast_shape(shape, s2.shape) == shape:  # s² constant over what is summed
             sums["wd_s2"], sums["w_s2"] = sums["wd"] / s2, sums["w"] / s2
         else:
@@ -106,7 +115,7 @@ def _normal_uses(fn: Normal, w: torch.Tensor, value: torch.Tensor, name: str) ->
         out.append(_Use(loc, "loc", w, w, name, {k: v.expand(shape) for k, v in sums.items()}))
     if scale.requires_grad:
         shape = scale.shape
-        sums = {"w": w_full.sum_to_size(shape), "wd2": wd2.sum_to_size(shape)}
+        sums = {"w": summed("w", w_full, shape), "wd2": summed("wd2", wd2, shape)}
         out.append(_Use(scale, "scale", w, w, name, sums))
     return out
 
