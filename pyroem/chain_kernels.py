@@ -205,7 +205,8 @@ class _ForwardBackward(torch.autograd.Function):
         gamma = alphas * torch.stack(betas, 1) * g.unsqueeze(-1)
         w = torch.stack(ws, 1) * g.unsqueeze(-1)              # (B, T, K)
         xi = alphas[:, :-1].unsqueeze(-1) * mats * w.unsqueeze(-2)   # α̂_{t-1} A_t w_t: (B, T, K, K)
-        return gamma[:, 0], xi.sum_to_size(ctx.trans_shape), gamma[:, 1:], xi
+        trans_grad = xi.sum_to_size(ctx.trans_shape) if ctx.needs_input_grad[1] else None
+        return gamma[:, 0], trans_grad, gamma[:, 1:], xi
 
 
 def _chunk_products(mats: torch.Tensor) -> torch.Tensor:

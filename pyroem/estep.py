@@ -154,18 +154,25 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
     distinct entries, and probes are not built: ``fill`` computes them when first asked for."""
     # Largest first, contiguous before broadcast views: a block takes the memory layout of the
     # factor it starts from, and the posteriors read off it (responsibilities) inherit that layout.
+    # blocks by one of their latents, so that a factor is compared only with blocks sharing one
+    holding: Dict[str, List[Block]] = {}
+    apart_set = set(apart)
     for f in sorted(comp.factors, key=lambda f: (-narrow_broadcast(f.tensor).numel(), not f.tensor.is_contiguous())):
         fd = dims_of(f.tensor)
+        fset = set(fd)
         home = None
-        side = bool(set(fd) & set(apart))
-        for b in comp.blocks:
-            if b.ordinal == f.ordinal and set(fd) <= set(b.dims) and side == bool(set(b.dims) & set(apart)):
+        side = bool(fset & apart_set)
+        for b in holding.get(next(d for d in fd if d in comp.sum_dims), ()):
+            if b.ordinal == f.ordinal and fset <= set(b.dims) and side == bool(set(b.dims) & apart_set):
                 if home is None or b.tensor.numel() < home.tensor.numel():
                     home = b
         if home is None:
             t = f.tensor if differentiable else f.tensor.detach()
             home = Block(fd, f.ordinal, t, scratch=f.scratch and not differentiable)
             comp.blocks.append(home)
+            for d in fd:
+                if d in comp.sum_dims:
+                    holding.setdefault(d, []).append(home)
         else:
             t = align(f.tensor if differentiable else f.tensor.detach(), fd, home.dims)
             small = narrow_broadcast(t)
@@ -182,10 +189,17 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
         for b in comp.blocks:
             b.materialize()
             b.tensor, b.dims = _drop_broadcast(b.tensor.detach(), b.dims, comp.sum_dims)
+    holding = {}
+    for b in comp.blocks:
+        for d in b.dims:
+            if d in comp.sum_dims:
+                holding.setdefault(d, []).append(b)
     for f in comp.factors:
         plates = {d for d in site_ordinals[f.site] if dim_size.get(d, 1) > 1}
-        needed = set(dims_of(f.tensor)) | plates
-        if not any(b.ordinal == f.ordinal and needed <= set(b.dims) for b in comp.blocks):
+        fd = dims_of(f.tensor)
+        needed = set(fd) | plates
+        near = holding.get(next(d for d in fd if d in comp.sum_dims), ())
+        if not any(b.ordinal == f.ordinal and needed <= set(b.dims) for b in near):
             pdims = "".join(sorted(needed))
             shape = [dim_size[d] for d in pdims]
             # lazy: a stride-0 placeholder, filled by contracting again when first asked for
