@@ -20,7 +20,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .chain_kernels import chain_log_partition
 from .handlers import MarkovChain, is_enumerated_site, is_subsample_site, is_unscored
-from .packing import align, broadcast_shape, dims_of, narrow_broadcast, sizes, with_dims
+from .packing import align, dims_of, narrow_broadcast, sizes, with_dims
 from .scratch import is_donated
 
 Scale = Union[float, torch.Tensor]
