@@ -248,13 +248,16 @@ def _shared_chunk_products(trans: torch.Tensor, emit: torch.Tensor, steps: int) 
     scale = rows.detach().sum(-1, keepdim=True)
     rows, scales = rows / scale, [scale]
     eye = torch.eye(k, dtype=emit.dtype, device=emit.device)
+    every = _RESCALE_EVERY.get(emit.dtype, 1)
     for s in range(1, length):
         nxt = torch.matmul(rows, a) * probs[s].unsqueeze(-2)
         if not full[s]:
             nxt = torch.where(real[:, s, None, None], nxt, rows)
-        scale = nxt.detach().sum(-1, keepdim=True)
-        rows = nxt / scale
-        scales.append(scale)
+        if s % every == 0 or s == length - 1:  # rows renormalized every few steps, as in the forward recursion
+            scale = nxt.detach().sum(-1, keepdim=True)
+            nxt = nxt / scale
+            scales.append(scale)
+        rows = nxt
     if not full[0]:  # a chunk made only of padding: the identity
         rows = torch.where(real[:, 0, None, None], rows, eye)
     out = _safe_log(rows) + torch.cat(scales, -1).log().sum(-1, keepdim=True)

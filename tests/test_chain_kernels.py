@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine_models import forward_backward_np
-from pyroem.chain_kernels import _forward_scaled, _scan, chain_log_partition
+from pyroem.chain_kernels import _forward_scaled, _scan, _shared_chunk_products, chain_log_partition
 
 METHODS = ["forward", "scan"]
 
@@ -102,3 +102,19 @@ def test_chain_log_partition_checks_its_arguments():
         chain_log_partition(torch.zeros(1, 3), torch.zeros(1, 1, 3, 3), torch.zeros(1, 4, 3), method="sideways")
     with pytest.raises(ValueError, match="init must be"):
         chain_log_partition(torch.zeros(3), torch.zeros(1, 1, 3, 3))
+
+
+def test_scan_rows_that_underflow_between_rescalings_fall_back_to_log_space():
+    """A chunk's rows are renormalized every eight steps in float64: a state that cannot be left
+    and explains every observation 100 nats worse than the other has its row shrink to 0 in that
+    time (e^-800); the log-space chunk products then give the exact log Z."""
+    t_len, k = 64, 2
+    rs = np.random.RandomState(5)
+    log_emit = np.stack([rs.randn(t_len), rs.randn(t_len) - 100.0], -1)[None]
+    log_start = np.log([1e-300, 1.0])                       # almost surely starts in the bad state
+    log_trans = np.array([[np.log(0.9), np.log(0.1)], [-np.inf, 0.0]])  # ... and never leaves it
+    e = torch.as_tensor(log_emit)
+    trans = torch.as_tensor(log_trans)[None, None]
+    assert _shared_chunk_products(trans[0, 0], e[:, 1:].reshape(1, 7, 9, k), t_len - 1) is None
+    log_z = _scan(torch.as_tensor(log_start) + e[:, 0], trans, e[:, 1:])
+    np.testing.assert_allclose(float(log_z), _textbook(log_start, log_trans, log_emit[0])[0], rtol=1e-12)
