@@ -20,7 +20,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .chain_kernels import chain_log_partition
 from .handlers import MarkovChain, is_enumerated_site, is_subsample_site, is_unscored
-from .packing import align, dims_of, narrow_broadcast, sizes, with_dims
+from .packing import align, dims_of, narrow_broadcast, pack_trace, sizes, with_dims
 from .scratch import is_donated
 
 Scale = Union[float, torch.Tensor]
@@ -690,7 +690,7 @@ class TraceFactors(NamedTuple):
 def factor_components(trace: Trace) -> TraceFactors:
     """The trace's log-factors grouped into components connected through enumerated latents
     (a vectorized chain's first state linked to its shifted copy)."""
-    trace.pack_tensors()
+    pack_trace(trace)
     enum_symbols = {
         name: site["infer"]["_enumerate_symbol"]
         for name, site in trace.nodes.items()

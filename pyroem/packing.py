@@ -1,6 +1,7 @@
 """Small helpers for Pyro's packed tensors (a tensor plus a ``_pyro_dims`` string, one symbol per dim)."""
 from __future__ import annotations
 
+import sys
 from typing import Dict, Iterable
 
 import torch
@@ -66,3 +67,43 @@ def sizes(tensors: Iterable[torch.Tensor]) -> Dict[str, int]:
     for t in tensors:
         out.update(zip(dims_of(t), t.shape))
     return out
+
+
+def _pack(value, dim_to_symbol: Dict[int, str]):
+    """:func:`pyro.ops.packed.pack` (size-1 dims dropped, the rest named), without its per-call
+    context manager."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    shift = value.dim()
+    try:
+        dims = "".join(dim_to_symbol[d - shift] for d, n in enumerate(value.shape) if n > 1)
+    except KeyError:
+        raise ValueError(f"Invalid tensor shape {tuple(value.shape)}: its dims are not among the plate and "
+                         f"enumeration dims {sorted(dim_to_symbol)}; check the shapes of the model's sample "
+                         "values and distribution parameters") from None
+    out = value.squeeze()
+    out._pyro_dims = dims
+    return out
+
+
+def pack_trace(trace) -> None:
+    """``site["packed"]`` with the packed ``log_prob``, ``unscaled_log_prob`` and ``mask`` of every
+    sample site, as :meth:`Trace.pack_tensors` makes them (its symbols, from
+    :meth:`Trace.symbolize_dims`); a log-probability that is its own unscaled one is packed once."""
+    trace.symbolize_dims()
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        dim_to_symbol = site["infer"]["_dim_to_symbol"]
+        packed = site.setdefault("packed", {})
+        try:
+            packed["mask"] = _pack(site["mask"], dim_to_symbol)
+            if "log_prob" in site:
+                unscaled = _pack(site["unscaled_log_prob"], dim_to_symbol)
+                packed["unscaled_log_prob"] = unscaled
+                lp = site["log_prob"]
+                packed["log_prob"] = unscaled if lp is site["unscaled_log_prob"] else _pack(lp, dim_to_symbol)
+        except ValueError as e:
+            shapes = trace.format_shapes(last_site=site["name"])
+            raise ValueError(f"Error while packing tensors at site '{site['name']}':\n  {e}\n{shapes}").with_traceback(
+                sys.exc_info()[2]) from e
