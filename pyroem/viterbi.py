@@ -161,6 +161,20 @@ def _max_plus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-1) + b.unsqueeze(-3)).amax(-2)
 
 
+def _cut_into_blocks(log_emit: torch.Tensor, mask: torch.Tensor, c: int):
+    """The emissions and mask of steps ``1 … T-1`` cut into blocks of ``c`` steps, the last one
+    padded with masked steps: ``(emit (N, B, c, K), step_mask (N, B, c), B)``."""
+    n_seq, t_max, k = log_emit.shape
+    steps = t_max - 1
+    n_blocks = -(-steps // c)
+    pad = n_blocks * c - steps
+    emit, step_mask = log_emit[:, 1:], mask[:, 1:]
+    if pad:
+        emit = torch.cat((emit, emit.new_zeros((n_seq, pad, k))), dim=1)
+        step_mask = torch.cat((step_mask, step_mask.new_zeros((n_seq, pad))), dim=1)
+    return emit.reshape(n_seq, n_blocks, c, k), step_mask.reshape(n_seq, n_blocks, c), n_blocks
+
+
 def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
                     mask: torch.Tensor, chunk: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`viterbi` with about ``6 √T`` sequential steps instead of ``2 T``, for long sequences.
@@ -181,14 +195,7 @@ def viterbi_blocked(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: 
         return log_prob, end_state.unsqueeze(1)
     steps = t_max - 1
     c = chunk or max(1, int(round(steps ** 0.5)))
-    n_blocks = -(-steps // c)
-    pad = n_blocks * c - steps
-    emit, step_mask = log_emit[:, 1:], mask[:, 1:]
-    if pad:
-        emit = torch.cat((emit, emit.new_zeros((n_seq, pad, k))), dim=1)
-        step_mask = torch.cat((step_mask, step_mask.new_zeros((n_seq, pad))), dim=1)
-    emit = emit.reshape(n_seq, n_blocks, c, k)
-    step_mask = step_mask.reshape(n_seq, n_blocks, c)
+    emit, step_mask, n_blocks = _cut_into_blocks(log_emit, mask, c)
     eye = torch.full((k, k), -math.inf, dtype=log_emit.dtype, device=log_emit.device)
     eye.fill_diagonal_(0.0)
 
@@ -273,14 +280,7 @@ def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_em
     # blocks of ≈ √T / 2 steps: the passes over a block's length cost more per step (three of
     # them) than the walk over the blocks (one integer look-up per block)
     c = chunk or max(1, int(round(0.5 * steps ** 0.5)))
-    n_blocks = -(-steps // c)
-    pad = n_blocks * c - steps
-    emit, step_mask = log_emit[:, 1:], mask[:, 1:]
-    if pad:
-        emit = torch.cat((emit, emit.new_zeros((n_seq, pad, k))), dim=1)
-        step_mask = torch.cat((step_mask, step_mask.new_zeros((n_seq, pad))), dim=1)
-    emit = emit.reshape(n_seq, n_blocks, c, k)
-    step_mask = step_mask.reshape(n_seq, n_blocks, c)
+    emit, step_mask, n_blocks = _cut_into_blocks(log_emit, mask, c)
     full = step_mask.all(0).all(0).tolist()
     cols_rev = _columns_reversed(log_trans)
     same = torch.arange(k, device=device).expand(n_seq, n_blocks, k)
