@@ -36,7 +36,7 @@ from ._hmm_inputs import (
 
 DECODERS = ("viterbi", "map")
 #: accepted values of ``implementation``; every one runs the engine, which eliminates the chain by
-#: the forward recursion or, from ``pyroem.chain_kernels.SCAN_FROM`` steps on, by a scan in time
+#: the forward recursion or, from ``pyroem.thresholds.SCAN_FROM`` steps on, by a scan in time
 IMPLEMENTATIONS = ("auto", "log", "scaling", "scan", "engine")
 
 

@@ -20,15 +20,13 @@ from typing import Optional
 
 import torch
 
-METHODS = ("forward", "scan")
+from . import thresholds
 
-#: Chains of at least this many steps use the scan: below it the forward recursion's fewer
-#: operations per step win; above it its number of sequential steps costs more.
-SCAN_FROM = 1024
+METHODS = ("forward", "scan")
 
 
 def choose_method(steps: int) -> str:
-    return "scan" if steps >= SCAN_FROM else "forward"
+    return "scan" if steps >= thresholds.SCAN_FROM else "forward"
 
 
 class _SafeLog(torch.autograd.Function):
@@ -111,15 +109,11 @@ def _steps(trans: torch.Tensor, n: int) -> list:
     return [trans[:, 0]] * n if trans.shape[1] == 1 else list(trans.unbind(1))
 
 
-#: steps between two rescalings of the forward recursion's α: each step shrinks its sum by at
-#: most the probability of one observation relative to the best state's; float64 absorbs eight
-#: such factors of 1e-30 before underflow, float32 one (an underflow falls back to log space)
-_RESCALE_EVERY = {torch.float64: 8, torch.float32: 1}
 
 
 def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
     """``α̂_t = (α̂_{t-1} A_t) ∘ b̂_t / c_t`` with ``A_t = exp(trans_t - s_t)``, ``b̂_t = exp(emit_t - m_t)``
-    (``c_t`` the sum, taken every ``_RESCALE_EVERY`` steps, else 1);
+    (``c_t`` the sum, taken every ``thresholds.RESCALE_EVERY`` steps, else 1);
     ``log Z = log Σ α̂_T + Σ_t (log c_t + s_t + m_t)``. The scales and shifts are constants to
     autograd (log Z does not depend on them), so the gradient is exact. A scale that
     underflows to 0 gives -inf or NaN (the caller then uses ``_forward_log``)."""
@@ -131,7 +125,7 @@ def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor)
     mats, emits, taken = _probability_tables(trans, emit)
     shared = mats.shape[0] == 1
     emits = emits.unbind(1)
-    every = _RESCALE_EVERY.get(init.dtype, 1)
+    every = thresholds.RESCALE_EVERY.get(init.dtype, 1)
     for t, (a, e) in enumerate(zip(_steps(mats, len(emits)), emits), 1):
         alpha = (alpha @ a[0] if shared else torch.matmul(alpha.unsqueeze(-2), a).squeeze(-2)) * e
         if t % every == 0 or t == len(emits):
@@ -248,7 +242,7 @@ def _shared_chunk_products(trans: torch.Tensor, emit: torch.Tensor, steps: int) 
     scale = rows.detach().sum(-1, keepdim=True)
     rows, scales = rows / scale, [scale]
     eye = torch.eye(k, dtype=emit.dtype, device=emit.device)
-    every = _RESCALE_EVERY.get(emit.dtype, 1)
+    every = thresholds.RESCALE_EVERY.get(emit.dtype, 1)
     for s in range(1, length):
         nxt = torch.matmul(rows, a) * probs[s].unsqueeze(-2)
         if not full[s]:
@@ -302,7 +296,7 @@ def chain_log_partition(init: torch.Tensor, trans: torch.Tensor, emit: Optional[
     :param init: ``(B, K)`` log-factor of the first state.
     :param trans: ``(1 | B, 1 | T, K, K)`` log-factors of the steps, rows = state before the step.
     :param emit: ``(B, T, K)`` log-factors of the state after each step (None: zeros).
-    :param method: ``"forward"``, ``"scan"`` or None (the scan from ``SCAN_FROM`` steps on).
+    :param method: ``"forward"``, ``"scan"`` or None (the scan from ``thresholds.SCAN_FROM`` steps on).
     :param probe: ``(B, T, K, K)`` zeros added to ``trans``, whose gradient is the posterior of
         each step's pair of states.
     :param first_order: only first derivatives will be taken (the E-step): with a ``probe``,

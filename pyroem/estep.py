@@ -18,6 +18,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.trace_struct import Trace
 
+from . import thresholds
 from .chain_kernels import chain_log_partition
 from .handlers import MarkovChain, is_enumerated_site, is_subsample_site, is_unscored
 from .packing import align, dims_of, narrow_broadcast, pack_trace, sizes, with_dims
@@ -207,8 +208,6 @@ def _build_blocks(comp: Component, dim_size: Dict[str, int],
             comp.blocks.append(Block(pdims, f.ordinal, t, probe=True, fill=fill))
 
 
-# Elements per piece of the blocked logsumexp: its passes over a piece stay in cache.
-_LSE_PIECE = 1 << 18
 _EXP_FLOOR = {torch.float64: -700.0}  # others: -80
 
 
@@ -249,7 +248,7 @@ class _LogSumExp(torch.autograd.Function):
         # tensor with x's memory layout
         e = x.detach() if scratch and x.is_contiguous() else torch.empty_like(x)
         along = max(kept, key=lambda d: x.shape[d]) if kept else None
-        step = 0 if along is None else max(1, _LSE_PIECE * x.shape[along] // max(1, x.numel()))
+        step = 0 if along is None else max(1, thresholds.LSE_PIECE * x.shape[along] // max(1, x.numel()))
         if along is None or x.device.type != "cpu" or step >= x.shape[along]:
             top, s = _lse_piece(x, list(addends), dims, e, floor)
         else:
@@ -318,11 +317,6 @@ def _contract_component(comp: Component, dim_size: Dict[str, int], differentiabl
     return contract_to_tensor(tree, set(comp.sum_dims), comp.target, ring=LogRing(dim_to_size=dim_size))
 
 
-#: paths of at least this many latents are stacked along their length and eliminated by
-#: ``chain_log_partition``; shorter ones, a latent at a time by :func:`_contract_forest`
-PATH_FROM = 3
-
-
 class MarkovPath(NamedTuple):
     """A component whose latents form a path ``x_0 — x_1 — … — x_{T-1}`` of equal sizes (a chain
     written with ``pyro.markov``) as ``chain_log_partition``'s tables: its factors stacked along
@@ -357,14 +351,14 @@ class _StackedProbe(torch.autograd.Function):
 def markov_path(comp: Component, dim_size: Dict[str, int], differentiable: bool = True) -> Optional[MarkovPath]:
     """The component as a :class:`MarkovPath`, or None where its latents do not form one: every
     latent in the component's target plates, every factor touching one latent or two
-    neighbours of the path, at least ``PATH_FROM`` latents of one size. Each factor is summed
+    neighbours of the path, at least ``thresholds.PATH_FROM`` latents of one size. Each factor is summed
     over its inner plates first (observations in a plate of their own). Stacking keeps every
     block's own tensor in the graph, so the backward pass gives each step's posterior; a
     transition only broadcast along plates stays one table per step where the graph leads to
     the parameters (``differentiable``), not where the blocks are the E-step's leaves, whose
     gradients are posteriors per plate element."""
     n = len(comp.sum_dims)
-    if n < PATH_FROM or len({dim_size[d] for d in comp.sum_dims}) != 1:
+    if n < thresholds.PATH_FROM or len({dim_size[d] for d in comp.sum_dims}) != 1:
         return None
     keep = "".join(sorted(comp.target))
     units: Dict[str, List[torch.Tensor]] = {}

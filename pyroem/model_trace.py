@@ -14,6 +14,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.distributions.util import scale_and_mask
 from torch.distributions.utils import probs_to_logits
 
+from . import thresholds
 from .handlers import (
     LatentPolicy,
     ReplaySubsample,
@@ -54,8 +55,6 @@ _COMPACT = {
 }
 
 
-#: below this many batch elements a log-density is cheap either way: not worth a second distribution
-_COMPACT_FROM = 1 << 12
 
 
 def _categorical_log_prob(table: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -85,7 +84,7 @@ def _broadcast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
             return None
         params[name] = base.__dict__[name]
     batch = base.batch_shape
-    if math.prod(batch) < _COMPACT_FROM:
+    if math.prod(batch) < thresholds.COMPACT_FROM:
         return None
     nb = len(batch)
     dims = [i for i in range(nb) if batch[i] > 1
@@ -151,8 +150,6 @@ def _plate_dims(site: dict) -> List[int]:
     return [f.dim for f in site["cond_indep_stack"] if f.vectorized]
 
 
-#: plates the probe run leaves room for before the dims it enumerates in (more: a plain run)
-_PROBE_NESTING = 8
 
 
 class ModelTracer:
@@ -216,7 +213,7 @@ class ModelTracer:
         latent a column of its values, so a chain over ``T`` steps costs what the E-step's trace
         costs), or, where it cannot run so, with every latent at the first value of its support
         (an error of the model itself is then raised from that run)."""
-        depth = _PROBE_NESTING if self.max_plate_nesting is None else self.max_plate_nesting
+        depth = thresholds.PROBE_NESTING if self.max_plate_nesting is None else self.max_plate_nesting
         try:
             model = poutine.enum(LatentPolicy(enumerate=True)(self.model), first_available_dim=-1 - depth)
             return poutine.trace(model).get_trace(*args, **kwargs)

@@ -12,11 +12,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import thresholds
+
 Objective = Callable[[List[torch.Tensor]], Optional[torch.Tensor]]
 First = Tuple[torch.Tensor, Sequence[Optional[torch.Tensor]]]
 
-# Largest block (in scalar coordinates) whose Hessian is formed; larger blocks use L-BFGS.
-NEWTON_MAX_SIZE = 256
 
 
 @dataclass
@@ -45,9 +45,6 @@ def _gradient(q: torch.Tensor, xs: List[torch.Tensor], create_graph: bool) -> to
     return _flat([torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs)])
 
 
-# Up to this many coordinates the Hessian is formed row by row; above, in one batched backward
-# pass (whose first use in a process costs about half a second of set-up).
-_ROWWISE_HESSIAN_SIZE = 32
 
 
 def _hessian(g: torch.Tensor, xs: List[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -56,7 +53,7 @@ def _hessian(g: torch.Tensor, xs: List[torch.Tensor]) -> Optional[torch.Tensor]:
     n = g.numel()
     if not g.requires_grad:
         return g.new_zeros(n, n)
-    if n > _ROWWISE_HESSIAN_SIZE:
+    if n > thresholds.ROWWISE_HESSIAN_SIZE:
         eye = torch.eye(n, dtype=g.dtype, device=g.device)
         try:
             rows = torch.autograd.grad(g, xs, grad_outputs=eye, retain_graph=True, allow_unused=True,
@@ -209,6 +206,6 @@ def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200) ->
 
 def maximize(f: Objective, xs: List[torch.Tensor], first: Optional[First] = None) -> Optional[Outcome]:
     """Newton for small blocks, L-BFGS for large ones (which start afresh from ``xs``)."""
-    if sum(x.numel() for x in xs) <= NEWTON_MAX_SIZE:
+    if sum(x.numel() for x in xs) <= thresholds.NEWTON_MAX_SIZE:
         return newton_maximize(f, xs, first=first)
     return lbfgs_maximize(f, [x.detach() for x in xs])

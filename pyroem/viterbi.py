@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from . import thresholds
+
 
 def _columns_reversed(log_trans: torch.Tensor) -> torch.Tensor:
     """``log Aᵀ`` with its last dim reversed: ``out[..., j, r] = log A[K-1-r, j]``, the layout in
@@ -51,14 +53,6 @@ def _forward_torch(log_start, log_trans, log_emit, mask):
     psi = torch.stack(pointers, dim=1).cpu().numpy() if pointers else None
     return log_prob, end_state, psi
 
-
-#: from this many scores per step (sequences × K²) the recursion runs in torch, whose reduction
-#: over contiguous memory then outweighs its larger cost per call; below, in numpy
-_TORCH_FROM = 1 << 12
-
-#: up to this many states, one float64 sequence runs its recursion over Python floats: a few
-#: scalar operations per step cost less than numpy's per-call overhead
-_SCALAR_MAX_STATES = 10
 
 
 def _viterbi_scalar(log_start, log_trans, emit):
@@ -121,12 +115,12 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         are meaningless.
     """
     n_seq, t_max, k = log_emit.shape
-    if (log_emit.device.type == "cpu" and n_seq == 1 and k <= _SCALAR_MAX_STATES
+    if (log_emit.device.type == "cpu" and n_seq == 1 and k <= thresholds.VITERBI_SCALAR_MAX_STATES
             and log_emit.dtype == torch.float64 and bool(mask.all())):
         log_prob, path = _viterbi_scalar(*(x.detach().numpy() for x in (log_start, log_trans, log_emit[0])))
         return (torch.tensor([log_prob], dtype=log_emit.dtype),
                 torch.tensor([path], dtype=torch.long, device=log_emit.device))
-    if log_emit.device.type == "cpu" and n_seq * k * k < _TORCH_FROM:  # numpy's per-call cost is a fraction of torch's
+    if log_emit.device.type == "cpu" and n_seq * k * k < thresholds.VITERBI_TORCH_FROM:  # numpy's per-call cost is a fraction of torch's
         log_prob, end_state, psi = _forward_numpy(*(x.detach().numpy() for x in (log_start, log_trans,
                                                                                   log_emit, mask)))
         log_prob, end_state = torch.from_numpy(log_prob), torch.from_numpy(end_state)
@@ -150,10 +144,6 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
             state = np.where(t <= ends, psi[rows, t - 1, state], state)
     return log_prob, torch.as_tensor(states, device=log_emit.device)
 
-
-#: the blocked decoder forms K x K x K max-plus products; past this many states the sequential
-#: one (K x K per step) is cheaper whatever the length
-BLOCKED_MAX_STATES = 16
 
 
 def _max_plus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -248,10 +238,6 @@ def _parallel(new: torch.Tensor, old: torch.Tensor, tol: float) -> torch.Tensor:
     return (support & (spread <= tol * (1.0 + size))) | ~live.any(-1)
 
 
-#: rounds of corrections after which the speculative decoder gives way to the blocked one (a
-#: chain whose best paths do not coalesce within a block, such as near-identity transitions)
-_MAX_PASSES = 4
-
 
 def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
                         mask: torch.Tensor, chunk: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +252,7 @@ def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_em
     (usually a few steps); blocks whose end still changed make their successor rerun, and so on.
     The path is followed back through each block's composed back-pointer map; its
     log-probability is summed along it. Where the corrections do not settle within
-    ``_MAX_PASSES`` rounds, :func:`viterbi_blocked` decodes instead. Same path as
+    ``thresholds.SPECULATIVE_MAX_PASSES`` rounds, :func:`viterbi_blocked` decodes instead. Same path as
     :func:`viterbi` up to rounding (two paths whose scores agree to rounding may be chosen
     between differently).
     """
@@ -302,7 +288,7 @@ def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_em
         psi[:, :, s] = ptr
     tol = 64 * torch.finfo(log_emit.dtype).eps
     todo = torch.arange(1, n_blocks, device=device)   # blocks whose start may be wrong
-    for _ in range(_MAX_PASSES):
+    for _ in range(thresholds.SPECULATIVE_MAX_PASSES):
         if not len(todo):
             break
         delta = scores[:, todo - 1, -1]
@@ -321,7 +307,7 @@ def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_em
         todo = moved[moved < n_blocks]
     else:
         if len(todo):
-            return (viterbi_blocked if k <= BLOCKED_MAX_STATES else viterbi)(log_start, log_trans, log_emit, mask)
+            return (viterbi_blocked if k <= thresholds.BLOCKED_MAX_STATES else viterbi)(log_start, log_trans, log_emit, mask)
     # the first maximal state at each sequence's last step
     last = (mask.sum(-1) - 2).clamp(min=0)
     at_end = scores.reshape(n_seq, n_blocks * c, k)[torch.arange(n_seq, device=device), last]
@@ -355,15 +341,13 @@ def chain_viterbi(init: torch.Tensor, trans: torch.Tensor,
     ``(1 | B, 1 | T, K, K)`` (rows: the state before the step), ``emit`` ``(B, T, K)`` (None:
     zeros), as ``chain_log_partition`` takes them: the argmax of
     ``init[x_0] + Σ_t trans_t[x_{t-1}, x_t] + emit_t[x_t]``."""
-    from .chain_kernels import SCAN_FROM
-
     if emit is None:
         emit = init.new_zeros((init.shape[0], trans.shape[1], init.shape[1]))
     b, steps, k = emit.shape
     if trans.shape[0] == 1 and trans.shape[1] == 1:
         log_emit = torch.cat([init.unsqueeze(1), emit], dim=1)
         mask = torch.ones(log_emit.shape[:2], dtype=torch.bool, device=emit.device)
-        decoder = viterbi_speculative if steps + 1 >= SCAN_FROM else viterbi
+        decoder = viterbi_speculative if steps + 1 >= thresholds.SCAN_FROM else viterbi
         return decoder(torch.zeros(k, dtype=emit.dtype, device=emit.device), trans[0, 0], log_emit, mask)
     delta = init
     pointers = []

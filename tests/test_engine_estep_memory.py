@@ -10,7 +10,7 @@ from scipy.special import logsumexp, softmax
 from scipy.stats import norm
 
 import pyroem
-from pyroem import estep
+from pyroem import thresholds
 
 
 class DonatingNormal(dist.Normal):
@@ -50,7 +50,7 @@ def _data(n, dtype=torch.float64):
 @pytest.mark.parametrize("normal", [dist.Normal, DonatingNormal])
 def test_pieces_prior_and_donation_give_bayes_rule(monkeypatch, piece, normal):
     pyro.clear_param_store()
-    monkeypatch.setattr(estep, "_LSE_PIECE", piece)
+    monkeypatch.setattr(thresholds, "LSE_PIECE", piece)
     y = _data(1001)
     expect = pyroem.EM(_mixture(normal)).e_step(y)
     ll, resp = _reference(y.numpy())
@@ -103,7 +103,7 @@ def test_undonated_views_of_parameters_are_never_written():
 def test_pieces_with_impossible_components_give_exact_zeros(monkeypatch, dtype):
     """A component of weight 0 (log 0 = -inf) in every piece: responsibility exactly 0, no NaN."""
     pyro.clear_param_store()
-    monkeypatch.setattr(estep, "_LSE_PIECE", 50)
+    monkeypatch.setattr(thresholds, "LSE_PIECE", 50)
 
     def model(y):
         logits = torch.tensor([0.4, 0.0, 0.6], dtype=dtype).log()  # log 0 = -inf, kept as is
@@ -132,7 +132,7 @@ def test_mixed_precision_prior_and_likelihood_promote_as_torch_does(monkeypatch,
     """float64 weights with a float32 likelihood: the posterior comes out in float64 (torch's
     promotion), equal to Bayes' rule on the float32 densities."""
     pyro.clear_param_store()
-    monkeypatch.setattr(estep, "_LSE_PIECE", piece)
+    monkeypatch.setattr(thresholds, "LSE_PIECE", piece)
 
     def model(y):
         w = pyro.param("w", torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), constraint=constraints.simplex)
