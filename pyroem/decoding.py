@@ -13,7 +13,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import infer_discrete
 
-from .estep import _build_blocks, _chain_of, _single_leaf, chain_tables, factor_components
+from .chains import chain_of, chain_tables
+from .estep import factor_components
+from .factors import build_blocks, single_leaf
 from .handlers import LatentPolicy, is_unscored
 from .model_trace import ModelTracer, compute_log_prob
 from .packing import align, with_dims
@@ -99,13 +101,13 @@ def _decode_vectorized(trace, parts) -> Tuple[Dict[str, torch.Tensor], Optional[
     total = float(parts.constant) if not isinstance(parts.constant, torch.Tensor) else float(parts.constant.sum())
     scalar = True
     for comp in parts.components:
-        chain = _chain_of(comp, parts.chains)
-        _build_blocks(comp, parts.dim_size, parts.site_ordinals, differentiable=True,
+        chain = chain_of(comp, parts.chains)
+        build_blocks(comp, parts.dim_size, parts.site_ordinals, differentiable=True,
                       apart=chain.shifted if chain is not None else "")
         for b in comp.blocks:
             with_dims(b.tensor, b.dims)
         if chain is None:
-            if not _single_leaf(comp):
+            if not single_leaf(comp):
                 sites = ", ".join(sorted(f"'{by_symbol[d]}'" for d in comp.sum_dims))
                 raise ValueError(f"decode: the latents {sites} form a structure the decoder of models with "
                                  "vectorized Markov chains does not handle (chains and single latents per plate element)")

@@ -7,7 +7,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from pyro.ops import packed
 
-from .estep import Block, EStep
+from .estep import EStep
+from .factors import Block
 from .packing import align, dims_of, reduce_to
 
 

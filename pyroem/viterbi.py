@@ -54,7 +54,6 @@ def _forward_torch(log_start, log_trans, log_emit, mask):
     return log_prob, end_state, psi
 
 
-
 def _viterbi_scalar(log_start, log_trans, emit):
     """``(log prob, path)`` of one float64 sequence by the recursion over Python floats (IEEE
     doubles: the same bits as :func:`_forward_numpy`); ties go to the last maximal predecessor
@@ -120,9 +119,10 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         log_prob, path = _viterbi_scalar(*(x.detach().numpy() for x in (log_start, log_trans, log_emit[0])))
         return (torch.tensor([log_prob], dtype=log_emit.dtype),
                 torch.tensor([path], dtype=torch.long, device=log_emit.device))
-    if log_emit.device.type == "cpu" and n_seq * k * k < thresholds.VITERBI_TORCH_FROM:  # numpy's per-call cost is a fraction of torch's
-        log_prob, end_state, psi = _forward_numpy(*(x.detach().numpy() for x in (log_start, log_trans,
-                                                                                  log_emit, mask)))
+    if log_emit.device.type == "cpu" and n_seq * k * k < thresholds.VITERBI_TORCH_FROM:
+        # few scores per step: numpy's per-call cost is a fraction of torch's
+        arrays = (x.detach().numpy() for x in (log_start, log_trans, log_emit, mask))
+        log_prob, end_state, psi = _forward_numpy(*arrays)
         log_prob, end_state = torch.from_numpy(log_prob), torch.from_numpy(end_state)
     else:
         log_prob, end_state, psi = _forward_torch(log_start, log_trans, log_emit, mask)
@@ -143,7 +143,6 @@ def viterbi(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Te
         if t:
             state = np.where(t <= ends, psi[rows, t - 1, state], state)
     return log_prob, torch.as_tensor(states, device=log_emit.device)
-
 
 
 def _max_plus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -236,7 +235,6 @@ def _parallel(new: torch.Tensor, old: torch.Tensor, tol: float) -> torch.Tensor:
     spread = torch.where(live, d, -math.inf).amax(-1) - torch.where(live, d, math.inf).amin(-1)
     size = torch.where(live, new.abs(), 0.0).amax(-1)
     return (support & (spread <= tol * (1.0 + size))) | ~live.any(-1)
-
 
 
 def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_emit: torch.Tensor,
