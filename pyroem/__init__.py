@@ -8,7 +8,7 @@ from .expectations import Expectations
 from .functional import log_likelihood, posterior
 from .markov import vectorized_markov
 from .results import EMResult
-from .scratch import donate
+from .donation import donate
 
 __version__ = "0.1.0"
 __all__ = [

@@ -23,7 +23,7 @@ from .factors import Component, Factor, build_blocks, components, ordinal, packe
 from .handlers import is_enumerated_site, is_subsample_site, is_unscored
 from .logsumexp import LogSumExp
 from .packing import align, dims_of, pack_trace, sizes, with_dims
-from .scratch import is_donated
+from .donation import is_donated
 
 
 def _contract_component(comp: Component, dim_size: Dict[str, int], differentiable: bool = True,

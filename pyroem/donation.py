@@ -1,9 +1,10 @@
-"""Marking a log-probability tensor as scratch memory the E-step may write its posterior into."""
+"""Donated memory: a log-probability tensor marked as held by nothing else, which the E-step may
+write its posterior into."""
 from __future__ import annotations
 
 import torch
 
-_ATTR = "_pyroem_scratch"
+_ATTR = "_pyroem_donated"
 
 
 def donate(log_prob: torch.Tensor) -> torch.Tensor:
