@@ -21,7 +21,7 @@ from pyro.distributions import TorchDistribution, constraints
 import pyroem
 
 from ._exceptions import ConvergenceWarning
-from ._gmm_batch_init import initial_resp_batch
+from ._kmeans import TorchDraws, initial_resp
 
 __all__ = ["BatchGMMUpdates", "BatchGaussianComponents", "batch_gmm_model", "fit_batch"]
 
@@ -403,7 +403,7 @@ def _initial(est, Xc, w, gen, inits, shift) -> Dict[str, torch.Tensor]:
     ct = est.covariance_type
     weights = means = cov = None
     if w_init is None or m_init is None or p_init is None:
-        resp = initial_resp_batch(Xc, est.n_components, est.init_params, gen, w)
+        resp = initial_resp(Xc, est.n_components, est.init_params, TorchDraws(gen), w)
         nk, means, cov = estimate_batch(Xc, resp, est.reg_covar, ct, w)
         weights = nk / (Xc.shape[1] if w is None else w.sum(-1, keepdim=True))
     weights = weights if w_init is None else w_init

@@ -44,7 +44,7 @@ from ._gaussian import (
     precisions_cholesky,
 )
 from ._gmm_batch import fit_batch
-from ._gmm_init import initial_resp
+from ._kmeans import NumpyDraws, initial_resp
 from ._gmm_validation import (
     ConvergenceWarning,
     NotFittedError,
@@ -356,7 +356,8 @@ class GaussianMixture:
         ct = self.covariance_type
         weights = means = cov = None
         if w_init is None or m_init is None or p_init is None:
-            resp = initial_resp(Xc, self.n_components, self.init_params, rs, w)
+            resp = initial_resp(Xc.unsqueeze(0), self.n_components, self.init_params, NumpyDraws(rs),
+                                None if w is None else w.unsqueeze(0))[0]
             nk, means, cov = estimate_gaussian_parameters(Xc, resp, self.reg_covar, ct, w, features)
             weights = nk / (Xc.shape[0] if w is None else w.sum())
             if ct == "tied" and self.init_params in ("k-means++", "random_from_data"):

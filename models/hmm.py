@@ -21,7 +21,7 @@ import pyroem
 from ._hmm_base import BaseHMM, ConvergenceMonitor, bind_model
 from ._exceptions import NotFittedError
 from ._hmm_inputs import check_2d, check_int, check_prior, check_probs, check_real, floor_covars, random_state_of
-from ._kmeans import kmeans
+from ._kmeans import NumpyDraws, kmeans
 
 __all__ = [
     "CategoricalHMM",
@@ -334,7 +334,8 @@ class GaussianHMM(BaseHMM):
         if X.shape[0] < k and self._needs_init("m", "means_"):
             raise ValueError(f"X has {X.shape[0]} samples, fewer than n_components={k}")
         if self._needs_init("m", "means_"):
-            self.means_ = kmeans(X, k, random_state_of(self.random_state))
+            _, centers = kmeans(torch.as_tensor(X, dtype=torch.float64)[None], k, NumpyDraws(random_state_of(self.random_state)))
+            self.means_ = centers[0].numpy()
         if self._needs_init("c", "_covars_"):
             cv = np.atleast_2d(np.cov(X.T)) if X.shape[0] > 1 else np.zeros((d, d))
             cv = cv + self.min_covar * np.eye(d)
