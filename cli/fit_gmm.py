@@ -54,9 +54,8 @@ def fit(table: Table, args: argparse.Namespace):
     est = GaussianMixture(n_components=args.components, covariance_type=args.covariance, tol=args.tol,
                           max_iter=args.max_iter, n_init=args.n_init, init_params=args.init,
                           random_state=args.seed)
-    with warnings_as_notes(), fit_progress("gmm", args.max_iter, "EM") as verbose:
-        if verbose:
-            est.set_params(verbose=2, verbose_interval=1)
+    with warnings_as_notes(), fit_progress(args.max_iter, "EM") as callback:
+        est.set_params(callback=callback)
         est.fit(table.values)
     return est
 

@@ -82,8 +82,8 @@ def fit(table: Table, args: argparse.Namespace):
         if X.shape[0] < args.states:
             raise CliError(f"{table.path}: {X.shape[0]} data row(s), fewer than --states {args.states}")
         est = GaussianHMM(covariance_type=args.covariance, **common)
-    with warnings_as_notes(), fit_progress("hmm", args.max_iter * args.n_init, "Baum-Welch") as verbose:
-        est.verbose = verbose
+    with warnings_as_notes(), fit_progress(args.max_iter, "Baum-Welch") as callback:
+        est.callback = callback
         est.fit(X, lengths)
     return est, X, lengths
 

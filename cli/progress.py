@@ -1,18 +1,9 @@
-"""A tqdm bar for the fits when stderr is a terminal, fed by the estimators' own verbose lines."""
+"""A tqdm bar on stderr for the fits when stderr is a terminal, fed by the estimators' callback."""
 from __future__ import annotations
 
 import contextlib
-import io
-import re
 import sys
-from typing import Iterator, Optional
-
-ITERATION = {
-    # GaussianMixture(verbose=2, verbose_interval=1): "  Iteration 7\t ll change 0.00123"
-    "gmm": re.compile(r"Iteration\s+(\d+)(?:\s+ll change\s+(\S+))?"),
-    # hmm ConvergenceMonitor(verbose=True): "         7     -1234.56789012      +0.00123456"
-    "hmm": re.compile(r"^\s*(\d+)\s+(\S+)\s+(\S+)\s*$"),
-}
+from typing import Callable, Iterator, Optional
 
 
 def wanted() -> bool:
@@ -21,45 +12,31 @@ def wanted() -> bool:
     return bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
-class _BarWriter(io.TextIOBase):
-    """A text stream that turns verbose iteration lines into bar updates and drops the rest."""
-
-    def __init__(self, bar, pattern: "re.Pattern[str]") -> None:
-        self.bar, self.pattern, self.pending = bar, pattern, ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if line.startswith("Initialization") and not line.rstrip().endswith("."):
-                self.bar.reset()  # a new start of a multi-start fit
-                continue
-            m = self.pattern.search(line)
-            if m:
-                self.bar.update(int(m.group(1)) - self.bar.n)
-                if m.lastindex and m.lastindex >= 2 and m.group(m.lastindex):
-                    self.bar.set_postfix_str(f"change {m.group(m.lastindex)}", refresh=False)
-                self.bar.refresh()
-        return len(text)
-
-
 @contextlib.contextmanager
-def fit_progress(kind: str, total: int, desc: str, enabled: Optional[bool] = None) -> Iterator[bool]:
-    """Within the block, stdout and stderr feed a bar (``kind`` names the line format); yields
-    whether the bar is on, i.e. whether the estimator should be made verbose."""
+def fit_progress(total: int, desc: str, enabled: Optional[bool] = None) -> Iterator[Optional[Callable]]:
+    """Within the block, an estimator ``callback(n_iter, value, params)`` that draws a bar of
+    ``total`` steps with the last change of ``value`` (a step numbered 1 starts the bar again:
+    the next start of a multi-start fit); None when the bar is off."""
     enabled = wanted() if enabled is None else enabled
     if not enabled:
-        yield False
+        yield None
         return
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, unit="step")
-    writer = _BarWriter(bar, ITERATION[kind])
+    last = []
+
+    def step(n_iter: int, value: float, params=None) -> bool:
+        if n_iter == 1:
+            bar.reset()
+            last.clear()
+        if last:
+            bar.set_postfix_str(f"change {value - last[-1]:.2e}", refresh=False)
+        last[:] = [value]
+        bar.update(n_iter - bar.n)
+        return False
+
     try:
-        with contextlib.redirect_stdout(writer), contextlib.redirect_stderr(writer):
-            yield True
+        yield step
     finally:
         bar.close()

@@ -175,7 +175,10 @@ class GaussianMixture:
     changing its result, ``fit`` takes ``sample_weight``, and after fitting ``history_``
     holds the mean log-likelihood at every evaluated parameter set of the kept run
     (``history_[:-1] == lower_bounds_``, ``history_[-1]`` at the returned parameters) and
-    ``init_scores_`` the final lower bound of every initialization.
+    ``init_scores_`` the final lower bound of every initialization. ``callback(n_iter,
+    lower_bound, params)``, if given, is called after every EM step (``n_iter`` counts from 1 in
+    each initialization; ``params``: ``weights``, ``means``, ``covariances`` as tensors); a
+    true return value ends that initialization, unconverged.
     """
 
     model = staticmethod(gmm_model)
@@ -184,7 +187,7 @@ class GaussianMixture:
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
                  weights_init=None, means_init=None, precisions_init=None, random_state=None,
                  warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
-                 device=None, dtype=None, chunk_size: Optional[int] = None) -> None:
+                 device=None, dtype=None, chunk_size: Optional[int] = None, callback=None) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -202,6 +205,7 @@ class GaussianMixture:
         self.device = device
         self.dtype = dtype
         self.chunk_size = chunk_size
+        self.callback = callback
 
     # -- scikit-learn estimator protocol -------------------------------------------------
     @classmethod
@@ -289,7 +293,7 @@ class GaussianMixture:
                 else:
                     start = self._initial_params(Xc, wfit, rs, inits, shift, features)
                     lb0 = -math.inf
-                params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum)
+                params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum, shift)
                 scores.append(lb)
                 if self.max_iter == 0:
                     best, best_n_iter, best_hist = params, 0, []
@@ -386,7 +390,7 @@ class GaussianMixture:
         return {"weights": t(self.weights_), "means": t(self.means_) - shift,
                 "covariances": t(self.covariances_), "inv_scale": self._inv_scale(dtype, device)}
 
-    def _run(self, em, updates, args, chunks, start, lb0, wsum):
+    def _run(self, em, updates, args, chunks, start, lb0, wsum, shift):
         """One EM run in scikit-learn's order: E-step (lower bound), M-step, convergence test.
 
         The E-step is the engine's on each chunk of rows; the M-step is the engine's with the
@@ -415,6 +419,12 @@ class GaussianMixture:
                 self._print_iter_end(n_iter, change)
                 if abs(change) < self.tol:
                     converged = True
+                if self.callback is not None:
+                    shown = {"weights": params["weights"], "means": params["means"] + shift,
+                             "covariances": params["covariances"]}
+                    if self.callback(n_iter, lb, shown) and not converged:
+                        break
+                if converged:
                     break
         finally:
             bar.close()

@@ -159,9 +159,11 @@ class CategoricalHMM(BaseHMM):
                  emissionprob_prior=1.0, n_features: Optional[int] = None, algorithm: str = "viterbi",
                  random_state=None, n_iter: int = 10, tol: float = 1e-2, verbose: bool = False,
                  params: str = "ste", init_params: str = "ste", device=None,
-                 dtype: torch.dtype = torch.float64, implementation: str = "auto", n_init: int = 1) -> None:
+                 dtype: torch.dtype = torch.float64, implementation: str = "auto", n_init: int = 1,
+                 callback=None) -> None:
         super().__init__(n_components, startprob_prior, transmat_prior, algorithm, random_state,
-                         n_iter, tol, verbose, params, init_params, device, dtype, implementation, n_init)
+                         n_iter, tol, verbose, params, init_params, device, dtype, implementation, n_init,
+                         callback)
         self.emissionprob_prior = emissionprob_prior
         self.n_features = n_features
 
@@ -262,9 +264,10 @@ class GaussianHMM(BaseHMM):
                  covars_prior=1e-2, covars_weight=1, algorithm: str = "viterbi", random_state=None,
                  n_iter: int = 10, tol: float = 1e-2, verbose: bool = False, params: str = "stmc",
                  init_params: str = "stmc", device=None, dtype: torch.dtype = torch.float64,
-                 implementation: str = "auto", n_init: int = 1) -> None:
+                 implementation: str = "auto", n_init: int = 1, callback=None) -> None:
         super().__init__(n_components, startprob_prior, transmat_prior, algorithm, random_state,
-                         n_iter, tol, verbose, params, init_params, device, dtype, implementation, n_init)
+                         n_iter, tol, verbose, params, init_params, device, dtype, implementation, n_init,
+                         callback)
         self.covariance_type = covariance_type
         self.min_covar = min_covar
         self.means_prior = means_prior

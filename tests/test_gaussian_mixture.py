@@ -494,8 +494,25 @@ def test_component_on_one_far_point_has_exactly_reg_covar_in_chunks():
     rs = np.random.RandomState(21)
     X = np.vstack([rs.randn(60, 3), [[50.0, -30.0, 40.0]]])
     w = rs.randint(1, 3, size=len(X))
-    init = {"means_init": [[0.0, 0.0, 0.0], [50.0, -30.0, 40.0]]}
+    init = {"means_init": [[0.0, 0.0, 0.0], [50.0, -30.0, 40.0]], "random_state": 0}
     ref = SkGaussianMixture(2, max_iter=20, **init).fit(np.repeat(X, w, axis=0))
     ours = GaussianMixture(2, max_iter=20, chunk_size=16, **init).fit(X, sample_weight=w)
     np.testing.assert_allclose(ours.covariances_[1], 1e-6 * np.eye(3), rtol=1e-6, atol=1e-15)
     assert_same_fit(ours, ref, X)
+
+
+def test_callback_sees_every_step_and_can_end_a_run():
+    """``callback(n_iter, lower_bound, params)`` after each step: the lower bounds scikit-learn
+    reports, the means of the step in the data's coordinates; a true return ends the run."""
+    X = iris()
+    seen = []
+    ours = GaussianMixture(3, random_state=0, callback=lambda n, lb, p: seen.append((n, lb, p["means"]))).fit(X)
+    ref = SkGaussianMixture(3, random_state=0).fit(X)
+    assert [n for n, _, _ in seen] == list(range(1, ours.n_iter_ + 1))
+    assert_rel([lb for _, lb, _ in seen], ours.lower_bounds_, 1e-12)
+    assert_rel(ours.lower_bounds_[-1], ref.lower_bound_, 1e-9)
+    assert_rel(seen[-1][2].cpu().numpy(), ours.means_, 1e-12)
+    with pytest.warns(ConvergenceWarning):
+        stopped = GaussianMixture(3, random_state=0, callback=lambda n, lb, p: n == 2).fit(X)
+    assert stopped.n_iter_ == 2 and not stopped.converged_
+    assert_rel(stopped.lower_bounds_, ours.lower_bounds_[:2], 1e-12)

@@ -306,3 +306,24 @@ def test_n_init_keeps_the_best_of_several_starts():
     assert many.n_iter_ == len(many.history_)
     with pytest.raises(ValueError, match="n_init must be an int >= 1"):
         GaussianHMM(3, n_init=0).fit(X)
+
+
+def test_callback_sees_every_baum_welch_step_and_can_end_the_fit():
+    """``callback(n_iter, log_prob, params)``: hmmlearn's log-likelihoods step by step, the
+    parameters by name; a true return ends the fit early."""
+    from hmmlearn.hmm import CategoricalHMM as Reference
+
+    X, init = _categorical_case(2)
+    seen = []
+    ours, ref = _both(CategoricalHMM, Reference, init, n_iter=6)
+    ours.callback = lambda n, lp, params: seen.append((n, lp, sorted(params)))
+    ours.fit(X)
+    ref.fit(X)
+    assert [n for n, _, _ in seen] == list(range(1, 7))
+    np.testing.assert_allclose([lp for _, lp, _ in seen], list(ref.monitor_.history), rtol=1e-10)
+    assert seen[0][2] == ["emissionprob", "startprob", "transmat"]
+    stopped, _ = _both(CategoricalHMM, Reference, init, n_iter=6)
+    stopped.callback = lambda n, lp, params: n == 3
+    stopped.fit(X)
+    assert stopped.n_iter_ == 3
+    np.testing.assert_allclose(stopped.history_, list(ref.monitor_.history)[:3], rtol=1e-10)
