@@ -133,8 +133,8 @@ def fit_pomegranate(X: np.ndarray, k: int, steps: int, start: dict) -> Fit:
 def phases(X: np.ndarray, k: int, steps: int, start: dict) -> Dict[str, float]:
     """Milliseconds per step spent in each phase of ``GaussianMixture.fit`` (wrapped functions)."""
     import pyroem.em as em_mod
-    import pyroem.models._gaussian as gauss
-    import pyroem.models.gaussian_mixture as gm
+    import pyroem.models.gaussian.densities as gauss
+    import pyroem.models.gaussian.mixture as gm
 
     spent: Dict[str, float] = collections.defaultdict(float)
     patched: List[Tuple[object, str, Callable]] = []

@@ -33,11 +33,11 @@ def gmm_problem(seed: int) -> Tuple[Callable, tuple, Callable]:
     """``gmm_model`` on the four-cluster data with its closed-form updates."""
     import torch
 
-    from pyroem.models import gaussian_mixture
+    from pyroem.models import gaussian
 
     X, _ = demo_data.four_clusters(seed)
     args = (torch.as_tensor(X, dtype=torch.float64), 4, "full")
-    return gaussian_mixture.gmm_model, args, gaussian_mixture.GMMUpdates(reg_covar=0.0)
+    return gaussian.gmm_model, args, gaussian.GMMUpdates(reg_covar=0.0)
 
 
 def moth_problem(seed: int) -> Tuple[Callable, tuple, Callable]:

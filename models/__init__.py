@@ -1,6 +1,5 @@
 """Bundled models built on pyroem's public API: estimators and the Pyro model functions behind them."""
-from .gaussian_mixture import GaussianMixture, GMMUpdates, gmm_model
-from ._gmm_batch import BatchGMMUpdates, batch_gmm_model
+from .gaussian import BatchGMMUpdates, GaussianMixture, GMMUpdates, batch_gmm_model, gmm_model
 from .hardy_weinberg import HardyWeinberg, hardy_weinberg_model
 from .hmm import CategoricalHMM, GaussianHMM, categorical_hmm_model, gaussian_hmm_model
 

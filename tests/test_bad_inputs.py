@@ -18,7 +18,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 import pyroem
 import pyroem.models
 from pyroem.models import CategoricalHMM, GaussianHMM, GaussianMixture, HardyWeinberg
-from pyroem.models._exceptions import NotFittedError
+from pyroem.models.exceptions import NotFittedError
 
 OUR_DIRS = tuple({Path(pyroem.__file__).resolve().parent, Path(pyroem.models.__file__).resolve().parent})
 
@@ -91,7 +91,7 @@ def ghmm_with(covariance_type="diag", **attrs) -> GaussianHMM:
     return est
 
 
-# Checks written in models/_hmm_inputs.py that the HMM estimators do not call yet: drop the marks once they do.
+# Checks written in models/hmm/checks.py that the HMM estimators do not call yet: drop the marks once they do.
 def case(name, exc, match, action):
     return pytest.param(action, exc, match, id=name)
 

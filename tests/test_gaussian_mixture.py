@@ -18,7 +18,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture  # noqa: E402
 
 import pyroem  # noqa: E402
 from pyroem.models import GaussianMixture, gmm_model  # noqa: E402
-from pyroem.models.gaussian_mixture import GMMUpdates  # noqa: E402
+from pyroem.models.gaussian import GMMUpdates  # noqa: E402
 
 TYPES = ["full", "tied", "diag", "spherical"]
 RTOL = 1e-6
@@ -217,7 +217,7 @@ def test_model_log_likelihood_and_posterior_equal_scipy(covariance_type):
     pyro.param("weights", torch.tensor(est.weights_), constraint=pyro.distributions.constraints.simplex)
     pyro.param("means", torch.tensor(est.means_))
     pyro.param("inv_scale", inv.transpose(-1, -2) if covariance_type in ("full", "tied") else inv,
-               constraint=pyroem.models.gaussian_mixture.INV_SCALE_CONSTRAINTS[covariance_type])
+               constraint=pyroem.models.gaussian.densities.INV_SCALE_CONSTRAINTS[covariance_type])
     ll = pyroem.log_likelihood(gmm_model, Xt, k, covariance_type)
     assert_rel(float(ll.detach()), logsumexp(logp, axis=1).sum(), 1e-10)
     post = pyroem.posterior(gmm_model, Xt, k, covariance_type)["z"]
@@ -247,7 +247,7 @@ def test_components_distribution_scores_given_labels():
     init = explicit_init(X, 3, "full", seed=10)
     est = GaussianMixture(3, max_iter=0, **init).fit(X)
     z = torch.tensor(np.arange(30) % 3)
-    d = pyroem.models.gaussian_mixture.GaussianComponents(
+    d = pyroem.models.gaussian.densities.GaussianComponents(
         torch.tensor(est.means_), torch.tensor(est.precisions_cholesky_).transpose(-1, -2), "full", z)
     expected = [multivariate_normal(est.means_[c], est.covariances_[c]).logpdf(x) for x, c in zip(X, z.numpy())]
     assert_rel(d.log_prob(torch.tensor(X)).numpy(), expected, 1e-10)
@@ -432,9 +432,9 @@ def test_chunked_e_steps_give_sklearns_fit(covariance_type):
 
 def test_features_built_in_row_chunks_give_sklearns_fit(monkeypatch):
     """With no room to cache the per-row features, they are rebuilt in chunks of a few rows."""
-    from pyroem.models import _gaussian
-    monkeypatch.setattr(_gaussian, "_CACHE_ELEMENTS", 0)
-    monkeypatch.setattr(_gaussian, "_CHUNK_ELEMENTS", 50)
+    from pyroem.models.gaussian import densities
+    monkeypatch.setattr(densities, "_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(densities, "_CHUNK_ELEMENTS", 50)
     X = iris()
     init = explicit_init(X, 3, "full", seed=14)
     ref = SkGaussianMixture(3, tol=1e-5, max_iter=200, **init).fit(X)
@@ -445,7 +445,7 @@ def test_features_built_in_row_chunks_give_sklearns_fit(monkeypatch):
 
 def test_engine_fit_with_precomputed_features_is_sklearn_em():
     """``gmm_model`` given ``GaussianFeatures`` of its data: the same EM steps as scikit-learn."""
-    from pyroem.models._gaussian import GaussianFeatures
+    from pyroem.models.gaussian.densities import GaussianFeatures
     X = blobs(12)
     init = explicit_init(X, 3, "tied", seed=15)
     ref = SkGaussianMixture(3, covariance_type="tied", max_iter=4, tol=0, **init)

@@ -26,7 +26,21 @@ from tqdm.auto import tqdm
 
 import pyroem
 
-from ._gaussian import (
+from ..exceptions import ConvergenceWarning, NotFittedError
+from ..kmeans import NumpyDraws, initial_resp
+from .batch import fit_batch
+from .checks import (
+    check_hyper_parameters,
+    check_means_init,
+    check_precisions_init,
+    check_random_state,
+    check_sample_weight,
+    check_weights_init,
+    check_X,
+    resolve_device,
+    resolve_dtype,
+)
+from .densities import (
     INV_SCALE_CONSTRAINTS,
     GaussianComponents,
     GaussianFeatures,
@@ -42,21 +56,6 @@ from ._gaussian import (
     parameters_from_statistics,
     precisions,
     precisions_cholesky,
-)
-from ._gmm_batch import fit_batch
-from ._kmeans import NumpyDraws, initial_resp
-from ._gmm_validation import (
-    ConvergenceWarning,
-    NotFittedError,
-    check_hyper_parameters,
-    check_means_init,
-    check_precisions_init,
-    check_random_state,
-    check_sample_weight,
-    check_weights_init,
-    check_X,
-    resolve_device,
-    resolve_dtype,
 )
 
 __all__ = ["GaussianMixture", "GMMUpdates", "gmm_model", "ConvergenceWarning", "NotFittedError"]

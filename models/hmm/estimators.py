@@ -18,10 +18,10 @@ from pyro.distributions import constraints
 
 import pyroem
 
-from ._hmm_base import BaseHMM, ConvergenceMonitor, bind_model
-from ._exceptions import NotFittedError
-from ._hmm_inputs import check_2d, check_int, check_prior, check_probs, check_real, floor_covars, random_state_of
-from ._kmeans import NumpyDraws, kmeans
+from ..exceptions import NotFittedError
+from ..kmeans import NumpyDraws, kmeans
+from .base import BaseHMM, ConvergenceMonitor, bind_model
+from .checks import check_2d, check_int, check_prior, check_probs, check_real, floor_covars, random_state_of
 
 __all__ = [
     "CategoricalHMM",

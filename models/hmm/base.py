@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from pyroem import EM, MonotonicityWarning, decode, log_likelihood
 
-from ._exceptions import NotFittedError
-from ._hmm_inputs import (
+from ..exceptions import NotFittedError
+from .checks import (
     check_dtype,
     check_int,
     check_lengths,

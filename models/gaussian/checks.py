@@ -7,7 +7,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ._exceptions import ConvergenceWarning, NotFittedError  # noqa: F401  (re-exported)
 
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")

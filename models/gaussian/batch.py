@@ -20,8 +20,8 @@ from pyro.distributions import TorchDistribution, constraints
 
 import pyroem
 
-from ._exceptions import ConvergenceWarning
-from ._kmeans import TorchDraws, initial_resp
+from ..exceptions import ConvergenceWarning
+from ..kmeans import TorchDraws, initial_resp
 
 __all__ = ["BatchGMMUpdates", "BatchGaussianComponents", "batch_gmm_model", "fit_batch"]
 
@@ -340,7 +340,7 @@ def _run_batch(em, updates, args, start, tol: float, max_iter: int, wsum: torch.
 
 def fit_batch(est, X, sample_weight=None) -> list:
     """Fit ``est``'s hyper-parameters to each of B datasets in one batched EM; returns B fitted copies."""
-    from ._gmm_validation import (check_hyper_parameters, check_means_init, check_precisions_init,
+    from .checks import (check_hyper_parameters, check_means_init, check_precisions_init,
                                   check_random_state, check_weights_init, precisions_shape,
                                   resolve_device, resolve_dtype)
 

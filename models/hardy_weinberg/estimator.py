@@ -19,8 +19,8 @@ from pyro.distributions import constraints
 from pyroem import EM, log_likelihood, posterior
 from pyroem.validation import ACCELERATIONS
 
-from ._exceptions import NotFittedError
-from ._hw_inputs import AlleleSystem, build_system, check_counts, check_init
+from ..exceptions import NotFittedError
+from .alleles import AlleleSystem, build_system, check_counts, check_init
 
 __all__ = ["HardyWeinberg", "NotFittedError", "hardy_weinberg_model"]
 
