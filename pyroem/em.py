@@ -21,6 +21,7 @@ from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
 from .squarem import squarem_step
 from .validation import (
+    ACCELERATIONS,
     check_accelerate,
     check_callback,
     check_checkpoint,
@@ -58,6 +59,9 @@ class EM:
     :param updates: optional ``updates(expect, *args, **kwargs) -> {name: constrained value}``.
     :param max_plate_nesting: as in ``TraceEnum_ELBO``; guessed from one model run if None.
     """
+
+    #: the accepted values of ``fit(accelerate=...)`` besides None
+    accelerations = ACCELERATIONS
 
     def __init__(self, model: Callable, updates: Optional[Updates] = None,
                  max_plate_nesting: Optional[int] = None) -> None:

@@ -17,7 +17,6 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from pyroem import EM, log_likelihood, posterior
-from pyroem.validation import ACCELERATIONS
 
 from ..exceptions import NotFittedError
 from .alleles import AlleleSystem, build_system, check_counts, check_init
@@ -129,8 +128,8 @@ class HardyWeinberg:
         if (isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real)
                 or not math.isfinite(self.tol) or self.tol < 0):
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
-        if self.accelerate is not None and self.accelerate not in ACCELERATIONS:
-            raise ValueError(f"accelerate must be None or one of {ACCELERATIONS}, got {self.accelerate!r}")
+        if self.accelerate is not None and self.accelerate not in EM.accelerations:
+            raise ValueError(f"accelerate must be None or one of {EM.accelerations}, got {self.accelerate!r}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
         check_init(self.init, self.system.alleles)
