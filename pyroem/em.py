@@ -102,7 +102,7 @@ class EM:
 
     def q(self, expect: Expectations, *args, **kwargs) -> torch.Tensor:
         """``Q(θ|θₙ)`` at the current params, differentiable with respect to them."""
-        subsample = self.tracer.subsample_indices(expect._e.trace)
+        subsample = self.tracer.subsample_indices(expect.trace)
         with torch.enable_grad():
             trace = self.tracer.trace(args, kwargs, subsample)
             return expected_log_joint(trace, expect)
@@ -121,7 +121,7 @@ class EM:
         rest = [n for n in names if n not in new]
         self._autograd_names = tuple(rest)
         if rest:
-            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs), expect._start)
+            self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs), expect.start)
         else:
             self.autograd_mstep.stationary = True
 

@@ -29,6 +29,17 @@ class Expectations:
     def log_likelihood(self) -> torch.Tensor:
         return self._e.log_likelihood
 
+    @property
+    def trace(self):
+        """The enumerated trace the E-step contracted (its subsample indices are Q's)."""
+        return self._e.trace
+
+    @property
+    def start(self):
+        """The trace at θₙ with the fitted parameters as autograd leaves, where the E-step took one
+        (the autograd M-step starts from it), else None."""
+        return self._start
+
     def log_likelihood_value(self) -> float:
         """``log p(y|θₙ)`` as a Python float, its terms summed in float64 whatever their dtype
         (a float32 total cannot resolve the small changes of a late EM step)."""

@@ -58,7 +58,7 @@ class QFunction:
         self.expect = expect
         self.args = args
         self.kwargs = kwargs
-        self.subsample = tracer.subsample_indices(expect._e.trace)
+        self.subsample = tracer.subsample_indices(expect.trace)
 
     def trace(self, values: Optional[Dict[str, torch.Tensor]] = None) -> Trace:
         return self.tracer.trace(self.args, self.kwargs, self.subsample, values)
