@@ -5,7 +5,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -28,12 +28,14 @@ from .validation import (
     check_max_iter,
     check_max_plate_nesting,
     check_model,
+    check_statistics,
     check_tol,
     check_updates,
     require_observed,
 )
 
 Updates = Callable[..., Mapping[str, torch.Tensor]]
+Statistics = Dict[str, torch.Tensor]
 Callback = Callable[[int, float, Dict[str, torch.Tensor]], Optional[bool]]
 logger = logging.getLogger("pyroem")
 
@@ -58,15 +60,24 @@ class EM:
         sites the latents (enumerated whether marked or not).
     :param updates: optional ``updates(expect, *args, **kwargs) -> {name: constrained value}``.
     :param max_plate_nesting: as in ``TraceEnum_ELBO``; guessed from one model run if None.
+    :param statistics: with ``solve``, the closed-form M-step in two halves, for data in pieces:
+        ``statistics(expect, *args, **kwargs) -> {name: tensor}``, sums over the data points of
+        one piece (so pieces add up), and ``solve(stats, *args, **kwargs) -> {name: value}``.
+        :meth:`statistics` and :meth:`solve` run them; :meth:`step` and :meth:`fit` run both on
+        one piece as ``updates``.
     """
 
     #: the accepted values of ``fit(accelerate=...)`` besides None
     accelerations = ACCELERATIONS
 
     def __init__(self, model: Callable, updates: Optional[Updates] = None,
-                 max_plate_nesting: Optional[int] = None) -> None:
+                 max_plate_nesting: Optional[int] = None, *, statistics: Optional[Callable] = None,
+                 solve: Optional[Callable] = None) -> None:
         self.model = check_model(model)
         self.updates = check_updates(updates)
+        self._statistics, self._solve = check_statistics(updates, statistics, solve)
+        if self._solve is not None:
+            self.updates = self._statistics_then_solve
         self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting))
         self.autograd_mstep = AutogradMStep()
         self._last_step: Optional[tuple] = None
@@ -124,6 +135,61 @@ class EM:
             self.autograd_mstep(rest, QFunction(self.tracer, expect, args, kwargs), expect.start)
         else:
             self.autograd_mstep.stationary = True
+
+    # -- closed-form M-steps from statistics of pieces of data ---------------------------
+    def _summarize(self, expect: Expectations, args: tuple, kwargs: dict) -> Statistics:
+        stats = self._statistics(expect, *args, **kwargs)
+        if not isinstance(stats, Mapping) or not all(isinstance(v, torch.Tensor) for v in stats.values()):
+            raise TypeError("statistics must return a dict {name: tensor} of sums over the data points")
+        if "log_likelihood" in stats:
+            raise ValueError("statistics: the name 'log_likelihood' is taken (EM.statistics adds the piece's own)")
+        return dict(stats)
+
+    def _statistics_then_solve(self, expect: Expectations, *args, **kwargs) -> Mapping[str, torch.Tensor]:
+        return self._solve(self._summarize(expect, args, kwargs), *args, **kwargs)
+
+    def statistics(self, *args, **kwargs) -> Statistics:
+        """The E-step on one piece of data summarized: ``statistics(expect, *args, **kwargs)``, plus
+        the piece's ``log p(y|θ)`` (float64) under ``"log_likelihood"``. Pieces add up
+        (:meth:`sum_statistics`); :meth:`solve` then takes the total."""
+        if self._statistics is None:
+            raise ValueError("EM.statistics needs EM(model, statistics=..., solve=...)")
+        expect = self.e_step(*args, **kwargs)
+        out = self._summarize(expect, args, kwargs)
+        out["log_likelihood"] = torch.tensor(expect.log_likelihood_value(), dtype=torch.float64,
+                                             device=expect.log_likelihood.device)
+        return out
+
+    @staticmethod
+    def sum_statistics(parts: Iterable[Mapping[str, torch.Tensor]]) -> Statistics:
+        """The statistics of several pieces of data, summed name by name."""
+        total: Statistics = {}
+        for part in parts:
+            if total and set(part) != set(total):
+                raise ValueError(f"statistics of the pieces name different sums: {sorted(total)} and {sorted(part)}")
+            total = {k: part[k] if k not in total else total[k] + part[k] for k in part}
+        if not total:
+            raise ValueError("sum_statistics got no pieces")
+        return total
+
+    def solve(self, stats: Mapping[str, torch.Tensor], *args, **kwargs) -> None:
+        """The M-step from statistics summed over the pieces of the data: ``solve(stats, *args,
+        **kwargs)`` must give every fitted parameter (no single trace holds all the data for
+        the autograd M-step to use). ``args`` are the arguments ``solve`` needs (one piece's)."""
+        if self._solve is None:
+            raise ValueError("EM.solve needs EM(model, statistics=..., solve=...)")
+        self.tracer.ensure_probed(args, kwargs)
+        names = list(self.tracer.names())
+        new = self._solve({k: v for k, v in stats.items() if k != "log_likelihood"}, *args, **kwargs)
+        if not isinstance(new, Mapping):
+            raise TypeError(f"solve must return a dict {{param name: value}}, got {type(new).__name__}")
+        missing = [n for n in names if n not in new]
+        if missing:
+            raise ValueError(f"solve left out {', '.join(repr(n) for n in missing)}: from summed statistics "
+                             "every fitted parameter needs its closed-form value")
+        write_params(new, names)
+        self._autograd_names = ()
+        self.autograd_mstep.stationary = True
 
     # -- user-facing loop ------------------------------------------------------------
     @property

@@ -29,6 +29,20 @@ def check_updates(updates: object) -> Optional[Callable]:
     return updates
 
 
+def check_statistics(updates: object, statistics: object, solve: object) -> tuple:
+    """``(statistics, solve)``: both given, or neither; never beside ``updates``."""
+    if (statistics is None) != (solve is None):
+        raise ValueError("statistics and solve go together: statistics(expect, *args) gives sums over the "
+                         "data, solve(stats, *args) the parameters from them")
+    if statistics is not None:
+        if updates is not None:
+            raise ValueError("give either updates or statistics and solve, not both")
+        for name, fn in (("statistics", statistics), ("solve", solve)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a callable, got {type(fn).__name__}")
+    return statistics, solve
+
+
 def check_max_plate_nesting(value: object) -> Optional[int]:
     if value is None:
         return None

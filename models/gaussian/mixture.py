@@ -48,6 +48,7 @@ from .densities import (
     components_to_refine,
     covariances_from_inv_scale,
     estimate_gaussian_parameters,
+    feature_kind,
     gaussian_statistics,
     inv_scale_from_covariances,
     inv_scale_from_precisions,
@@ -100,13 +101,13 @@ def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
 
 
 class GMMUpdates:
-    """Closed-form M-step for :func:`gmm_model` (pass as ``pyroem.EM(gmm_model, updates=...)``).
+    """Closed-form M-step for :func:`gmm_model`: ``pyroem.EM(gmm_model, updates=GMMUpdates())``,
+    or in two halves for data in chunks, ``pyroem.EM(gmm_model, statistics=u.statistics,
+    solve=u.solve)``.
 
     From ``r_nk = w_n p(z_n=k | x_n)``: ``weights = n_k / Σ n_k``, ``means`` the weighted means,
     covariances the weighted scatter plus ``reg_covar`` on the diagonal. ``last`` keeps the
-    values of the latest update (covariances included). ``expect`` is the engine's
-    expectations, or :class:`GMMStatistics` summed over chunks of the data (see
-    :meth:`statistics`).
+    values of the latest update (covariances included).
     """
 
     def __init__(self, reg_covar: float = 1e-6) -> None:
@@ -114,28 +115,45 @@ class GMMUpdates:
         self.last: Optional[Dict[str, torch.Tensor]] = None
 
     @staticmethod
-    def statistics(expect, X, n_components, covariance_type="full", sample_weight=None, prefix="",
-                   features=None) -> GMMStatistics:
-        """``Σ_n r_nk f(x_n)`` and ``log p(X|θ)`` from one E-step; statistics of chunks add up."""
-        if features is None or not features.matches(X):
-            features = GaussianFeatures(X, covariance_type)
-        centres, refine = None, []
+    def _refinement(covariance_type: str, prefix: str) -> Tuple[Optional[torch.Tensor], List[int]]:
+        """The current means and the components whose scatter is taken about them (see
+        :func:`components_to_refine`), read from the param store: the same for every chunk."""
         store = pyro.get_param_store()
         if covariance_type == "full" and prefix + "means" in store and prefix + "inv_scale" in store:
             centres = store[prefix + "means"].detach()
-            refine = components_to_refine(centres, store[prefix + "inv_scale"].detach(), covariance_type)
-        return gaussian_statistics(expect.marginal("z").T, features, sample_weight, expect.log_likelihood,
-                                   centres, refine)
+            return centres, components_to_refine(centres, store[prefix + "inv_scale"].detach(), covariance_type)
+        return None, []
 
-    def __call__(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix="",
-                 features=None):
-        stats = expect if isinstance(expect, GMMStatistics) else self.statistics(
-            expect, X, n_components, covariance_type, sample_weight, prefix, features)
-        nk, means, cov = parameters_from_statistics(stats, self.reg_covar, covariance_type)
+    def statistics(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix="",
+                   features=None) -> Dict[str, torch.Tensor]:
+        """``Σ_n r_nk f(x_n)`` from one E-step, by name; the statistics of chunks add up."""
+        if features is None or not features.matches(X):
+            features = GaussianFeatures(X, covariance_type)
+        centres, refine = self._refinement(covariance_type, prefix)
+        stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, None, centres, refine)
+        out = {"moments": stats.moments}
+        if stats.ref_scatter is not None:
+            out.update(ref_scatter=stats.ref_scatter, ref_sums=stats.ref_sums)
+        return out
+
+    def solve(self, stats: Dict[str, torch.Tensor], X, n_components, covariance_type="full", sample_weight=None,
+              prefix="", features=None) -> Dict[str, torch.Tensor]:
+        """The parameters from statistics summed over the data (scikit-learn's formulas)."""
+        centres, refine = self._refinement(covariance_type, prefix)
+        moments = stats["moments"]
+        gathered = GMMStatistics(moments, X.shape[1], feature_kind(covariance_type), centres=centres)
+        if "ref_scatter" in stats:
+            gathered.refined = torch.zeros(moments.shape[0], dtype=torch.bool, device=moments.device)
+            gathered.refined[refine] = True
+            gathered.ref_scatter, gathered.ref_sums = stats["ref_scatter"], stats["ref_sums"]
+        nk, means, cov = parameters_from_statistics(gathered, self.reg_covar, covariance_type)
         weights = nk / nk.sum()
         inv = inv_scale_from_covariances(cov, covariance_type)
         self.last = {"weights": weights, "means": means, "covariances": cov, "inv_scale": inv}
         return {prefix + "weights": weights, prefix + "means": means, prefix + "inv_scale": inv}
+
+    def __call__(self, expect, *args, **kwargs) -> Dict[str, torch.Tensor]:
+        return self.solve(self.statistics(expect, *args, **kwargs), *args, **kwargs)
 
 
 def _write_params(prefix: str, params: Dict[str, torch.Tensor], covariance_type: str) -> None:
@@ -278,7 +296,7 @@ class GaussianMixture:
         args = (Xc, k, self.covariance_type, wfit, prefix, features)
         chunks = self._chunks(args)
         updates = GMMUpdates(self.reg_covar)
-        em = pyroem.EM(gmm_model, updates=updates, max_plate_nesting=1)
+        em = pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1)
         rs = check_random_state(self.random_state)
         n_init = 1 if warm else self.n_init
         try:
@@ -344,15 +362,6 @@ class GaussianMixture:
             out.append((part.X, k, ct, None if w is None else w[a:a + size], prefix, part))
         return out
 
-    @staticmethod
-    def _statistics(em, updates: GMMUpdates, chunks: List[tuple]) -> GMMStatistics:
-        """The engine's E-step on every chunk; their sufficient statistics summed."""
-        total = None
-        for cargs in chunks:
-            stats = updates.statistics(em.e_step(*cargs), *cargs)
-            total = stats if total is None else total + stats
-        return total
-
     def _initial_params(self, Xc, w, rs, inits, shift, features=None) -> Dict[str, torch.Tensor]:
         """Parameters from the initial responsibilities, overridden by the user's inits."""
         w_init, m_init, p_init = inits
@@ -392,8 +401,8 @@ class GaussianMixture:
     def _run(self, em, updates, args, chunks, start, lb0, wsum, shift):
         """One EM run in scikit-learn's order: E-step (lower bound), M-step, convergence test.
 
-        The E-step is the engine's on each chunk of rows; the M-step is the engine's with the
-        summed statistics handed to the closed-form update.
+        The E-step is the engine's on each chunk of rows (``EM.statistics``); the M-step solves
+        from the statistics summed over the chunks (``EM.solve``).
         """
         _write_params(args[4], start, self.covariance_type)
         params, lb, hist, converged, n_iter = start, lb0, [], False, 0
@@ -407,9 +416,9 @@ class GaussianMixture:
         try:
             for n_iter in range(1, self.max_iter + 1):
                 prev = lb
-                stats = self._statistics(em, updates, chunks)
-                lb = float(stats.log_likelihood) / wsum + (offset if n_iter == 1 else 0.0)
-                em.m_step(stats, *args)
+                stats = pyroem.EM.sum_statistics(em.statistics(*cargs) for cargs in chunks)
+                lb = float(stats["log_likelihood"]) / wsum + (offset if n_iter == 1 else 0.0)
+                em.solve(stats, *args)
                 params = updates.last
                 hist.append(lb)
                 change = lb - prev

@@ -1,0 +1,96 @@
+"""The closed-form M-step as statistics and solve: the same fit as ``updates``, and data in pieces
+whose statistics add up to one step on all of it."""
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+import pyroem
+
+
+def mixture(y):
+    w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
+    loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
+    scale = pyro.param("scale", torch.tensor([1.0, 1.0], dtype=y.dtype), constraint=constraints.positive)
+    with pyro.plate("data", len(y)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+
+
+def statistics(expect, y):
+    r = expect.marginal("z")                                   # (N, 2)
+    return {"n": r.sum(0), "sy": r.T @ y, "syy": r.T @ y.square()}
+
+
+def solve(stats, y):
+    n, mean = stats["n"], stats["sy"] / stats["n"]
+    return {"w": n / n.sum(), "loc": mean, "scale": (stats["syy"] / n - mean.square()).sqrt()}
+
+
+def updates(expect, y):
+    return solve(statistics(expect, y), y)
+
+
+def data(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(n // 3, generator=g, dtype=torch.float64) * 0.7 - 2,
+                      torch.randn(n - n // 3, generator=g, dtype=torch.float64) + 1.5])
+
+
+def reference_step(params, y):
+    """One EM step by hand (numpy, scipy): log p(y) at the start and the new parameters."""
+    w, loc, scale = (np.asarray(params[k]) for k in ("w", "loc", "scale"))
+    joint = np.log(w) + norm.logpdf(y[:, None], loc, scale)
+    r = np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
+    n = r.sum(0)
+    mean = r.T @ y / n
+    return logsumexp(joint, axis=1).sum(), {"w": n / n.sum(), "loc": mean,
+                                            "scale": np.sqrt((r * (y[:, None] - mean) ** 2).sum(0) / n)}
+
+
+def test_statistics_and_solve_fit_as_updates_do():
+    y = data()
+    runs = {}
+    for kind in ("updates", "statistics"):
+        pyro.clear_param_store()
+        em = (pyroem.EM(mixture, updates) if kind == "updates"
+              else pyroem.EM(mixture, statistics=statistics, solve=solve))
+        runs[kind] = em.fit(y, max_iter=25, tol=0.0).history
+    np.testing.assert_allclose(runs["statistics"], runs["updates"], rtol=1e-13)
+
+
+def test_pieces_of_data_add_up_to_one_step_on_all_of_it():
+    y = data(301)
+    pyro.clear_param_store()
+    em = pyroem.EM(mixture, statistics=statistics, solve=solve)
+    start = {"w": [0.5, 0.5], "loc": [-1.0, 1.0], "scale": [1.0, 1.0]}   # the model's initial params
+    ll_ref, new_ref = reference_step(start, y.numpy())
+    pieces = [em.statistics(part) for part in torch.split(y, 100)]
+    total = pyroem.EM.sum_statistics(pieces)
+    assert float(total["log_likelihood"]) == pytest.approx(ll_ref, rel=1e-13)
+    em.solve(total, y[:100])
+    for name, value in new_ref.items():
+        np.testing.assert_allclose(pyro.param(name).detach().numpy(), value, rtol=1e-12)
+
+
+def test_statistics_and_solve_are_checked():
+    y = data(30)
+    with pytest.raises(ValueError, match="either updates or statistics"):
+        pyroem.EM(mixture, updates, statistics=statistics, solve=solve)
+    with pytest.raises(ValueError, match="go together"):
+        pyroem.EM(mixture, statistics=statistics)
+    with pytest.raises(ValueError, match="needs EM\\(model, statistics"):
+        pyroem.EM(mixture, updates).statistics(y)
+    pyro.clear_param_store()
+    em = pyroem.EM(mixture, statistics=statistics, solve=lambda stats, y: {"w": stats["n"] / stats["n"].sum()})
+    with pytest.raises(ValueError, match="solve left out 'loc', 'scale'"):
+        em.solve(em.statistics(y), y)
+    bad = pyroem.EM(mixture, statistics=lambda expect, y: {"n": 3.0}, solve=solve)
+    with pytest.raises(TypeError, match="dict \\{name: tensor\\}"):
+        bad.statistics(y)
+    with pytest.raises(ValueError, match="name different sums"):
+        pyroem.EM.sum_statistics([{"a": torch.ones(1)}, {"b": torch.ones(1)}])
