@@ -327,3 +327,16 @@ def test_callback_sees_every_baum_welch_step_and_can_end_the_fit():
     stopped.fit(X)
     assert stopped.n_iter_ == 3
     np.testing.assert_allclose(stopped.history_, list(ref.monitor_.history)[:3], rtol=1e-10)
+
+
+def test_hmm_params_follow_scikit_learns_estimator_protocol():
+    """``get_params``/``set_params`` by constructor argument, ``clone`` keeps them, an unknown name is refused."""
+    from sklearn.base import clone
+
+    est = GaussianHMM(3, covariance_type="full", n_iter=7, n_init=2)
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and copy is not est
+    assert repr(est) == "GaussianHMM(n_components=3, covariance_type='full', n_iter=7, n_init=2)"
+    assert est.set_params(tol=1e-4).tol == 1e-4
+    with pytest.raises(ValueError, match="invalid parameter 'n_states' for CategoricalHMM"):
+        CategoricalHMM(2).set_params(n_states=3)

@@ -9,7 +9,6 @@ update follows (the same parameters as one pass over all rows).
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 import sys
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 import pyroem
 
+from ..estimator import Estimator
 from ..exceptions import ConvergenceWarning, NotFittedError
 from ..kmeans import NumpyDraws, initial_resp
 from .batch import fit_batch
@@ -181,7 +181,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-class GaussianMixture:
+class GaussianMixture(Estimator):
     """Gaussian mixture fitted by exact EM on :func:`gmm_model` (scikit-learn's API).
 
     Constructor arguments, methods and fitted attributes are those of
@@ -223,33 +223,6 @@ class GaussianMixture:
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.callback = callback
-
-    # -- scikit-learn estimator protocol -------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> List[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params) -> "GaussianMixture":
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r} for GaussianMixture; valid: {valid}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        sig = inspect.signature(type(self).__init__)
-        parts = []
-        for name in self._param_names():
-            value, default = getattr(self, name), sig.parameters[name].default
-            if not (value is default or (isinstance(value, (int, float, str, bool)) and value == default
-                                         and type(value) is type(default))):
-                parts.append(f"{name}={value!r}")
-        return f"GaussianMixture({', '.join(parts)})"
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":

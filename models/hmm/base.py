@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pyroem import EM, MonotonicityWarning, decode, log_likelihood
 
+from ..estimator import Estimator
 from ..exceptions import NotFittedError
 from .checks import (
     check_dtype,
@@ -105,7 +106,7 @@ def dirichlet_map(counts: torch.Tensor, prior, old: torch.Tensor) -> torch.Tenso
     return _normalize_rows(new, old)
 
 
-class BaseHMM:
+class BaseHMM(Estimator):
     """Hidden Markov model fitted by Baum-Welch, written as a Pyro model and run by ``pyroem.EM``.
 
     The chain ``x_0 ~ Cat(startprob)``, ``x_t ~ Cat(transmat[x_{t-1}])`` emits one observation
