@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     with pyro.get_param_store().scope(), warnings_as_notes():
         pyro.set_rng_seed(args.seed)
         result = pyroem.compare_svi(model, *model_args, em_steps=args.em_steps, svi_steps=args.svi_steps,
-                             svi_optim=optim, updates=updates)
+                                    svi_optim=optim, updates=updates)
     print(result.summary())
     os.makedirs(args.out, exist_ok=True)
     try:

@@ -109,8 +109,6 @@ def _steps(trans: torch.Tensor, n: int) -> list:
     return [trans[:, 0]] * n if trans.shape[1] == 1 else list(trans.unbind(1))
 
 
-
-
 def _forward_scaled(init: torch.Tensor, trans: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
     """``α̂_t = (α̂_{t-1} A_t) ∘ b̂_t / c_t`` with ``A_t = exp(trans_t - s_t)``, ``b̂_t = exp(emit_t - m_t)``
     (``c_t`` the sum, taken every ``thresholds.RESCALE_EVERY`` steps, else 1);

@@ -103,7 +103,7 @@ def _decode_vectorized(trace, parts) -> Tuple[Dict[str, torch.Tensor], Optional[
     for comp in parts.components:
         chain = chain_of(comp, parts.chains)
         build_blocks(comp, parts.dim_size, parts.site_ordinals, differentiable=True,
-                      apart=chain.shifted if chain is not None else "")
+                     apart=chain.shifted if chain is not None else "")
         for b in comp.blocks:
             with_dims(b.tensor, b.dims)
         if chain is None:

@@ -225,4 +225,3 @@ class Expectations:
     def constant_sites(self) -> List[str]:
         """Sites whose log-factor touches no enumerated latent (weight = their own scale and mask)."""
         return list(self._e.constant_sites)
-

@@ -55,8 +55,6 @@ _COMPACT = {
 }
 
 
-
-
 def _categorical_log_prob(table: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``Categorical.log_prob``: the entry of ``table`` (log-probabilities, ``batch + (K,)``) at ``value``."""
     value = value.long().unsqueeze(-1)
@@ -148,8 +146,6 @@ def _distribution_validation(enabled: bool) -> Iterator[None]:
 
 def _plate_dims(site: dict) -> List[int]:
     return [f.dim for f in site["cond_indep_stack"] if f.vectorized]
-
-
 
 
 class ModelTracer:

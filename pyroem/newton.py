@@ -18,7 +18,6 @@ Objective = Callable[[List[torch.Tensor]], Optional[torch.Tensor]]
 First = Tuple[torch.Tensor, Sequence[Optional[torch.Tensor]]]
 
 
-
 @dataclass
 class Outcome:
     """Where a maximization ended: the point, its value, and whether it reached a stationary point."""
@@ -43,8 +42,6 @@ def _leaves(xs: List[torch.Tensor]) -> List[torch.Tensor]:
 def _gradient(q: torch.Tensor, xs: List[torch.Tensor], create_graph: bool) -> torch.Tensor:
     gs = torch.autograd.grad(q, xs, create_graph=create_graph, allow_unused=True)
     return _flat([torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs)])
-
-
 
 
 def _hessian(g: torch.Tensor, xs: List[torch.Tensor]) -> Optional[torch.Tensor]:

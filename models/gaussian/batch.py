@@ -341,8 +341,8 @@ def _run_batch(em, updates, args, start, tol: float, max_iter: int, wsum: torch.
 def fit_batch(est, X, sample_weight=None) -> list:
     """Fit ``est``'s hyper-parameters to each of B datasets in one batched EM; returns B fitted copies."""
     from .checks import (check_hyper_parameters, check_means_init, check_precisions_init,
-                                  check_random_state, check_weights_init, precisions_shape,
-                                  resolve_device, resolve_dtype)
+                         check_random_state, check_weights_init, precisions_shape,
+                         resolve_device, resolve_dtype)
 
     check_hyper_parameters(est)
     first = X[0] if isinstance(X, (list, tuple)) and X else X

@@ -7,10 +7,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-
-
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+
 
 def resolve_dtype(dtype, data) -> torch.dtype:
     """The float dtype to fit in: ``dtype`` if given, else the data's float32/float64, else float64."""
