@@ -22,28 +22,10 @@ import pyroem
 
 from ..exceptions import ConvergenceWarning
 from ..kmeans import TorchDraws, initial_resp
+from .densities import (INV_SCALE_CONSTRAINTS, LOG_2PI, default_inv_scale, inv_scale_from_covariances,
+                        precisions_cholesky)
 
 __all__ = ["BatchGMMUpdates", "BatchGaussianComponents", "batch_gmm_model", "fit_batch"]
-
-SCALE_CONSTRAINTS = {
-    "full": constraints.lower_cholesky,
-    "tied": constraints.lower_cholesky,
-    "diag": constraints.positive,
-    "spherical": constraints.positive,
-}
-LOG_2PI = math.log(2 * math.pi)
-
-
-def _default_inv_scale(X: torch.Tensor, k: int, covariance_type: str) -> torch.Tensor:
-    inv_sd = X.var(1, unbiased=False).clamp_min(1e-6).rsqrt()  # (B, D)
-    b, d = inv_sd.shape
-    if covariance_type == "full":
-        return torch.diag_embed(inv_sd).unsqueeze(1).expand(b, k, d, d).clone()
-    if covariance_type == "tied":
-        return torch.diag_embed(inv_sd)
-    if covariance_type == "diag":
-        return inv_sd.unsqueeze(1).expand(b, k, d).clone()
-    return inv_sd.square().mean(-1).sqrt().unsqueeze(1).expand(b, k).clone()
 
 
 def log_gaussian_table(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Tensor,
@@ -127,8 +109,8 @@ def batch_gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "
     k = n_components
     weights = pyro.param(prefix + "weights", lambda: X.new_full((b, k), 1.0 / k), constraint=constraints.simplex)
     means = pyro.param(prefix + "means", lambda: X[:, torch.linspace(0, n - 1, k, device=X.device).long()].clone())
-    inv_scale = pyro.param(prefix + "inv_scale", lambda: _default_inv_scale(X, k, covariance_type),
-                           constraint=SCALE_CONSTRAINTS[covariance_type])
+    inv_scale = pyro.param(prefix + "inv_scale", lambda: default_inv_scale(X, k, covariance_type),
+                           constraint=INV_SCALE_CONSTRAINTS[covariance_type])
     if sample_weight is None:
         mask, scale = True, 1.0
     else:  # Pyro's scale must be positive: zero weights become a mask
@@ -138,16 +120,6 @@ def batch_gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "
             poutine.mask(mask=mask), poutine.scale(scale=scale):
         z = pyro.sample("z", dist.Categorical(weights.unsqueeze(-2)))
         pyro.sample("x", BatchGaussianComponents(means, inv_scale, covariance_type, z), obs=X)
-
-
-def _cholesky(cov: torch.Tensor) -> torch.Tensor:
-    chol, info = torch.linalg.cholesky_ex(cov)
-    if bool((info != 0).any()):
-        bad = sorted({int(i) for i in torch.nonzero(info.reshape(info.shape[0], -1).ne(0).any(-1)).flatten()})
-        raise ValueError(f"Fitting the mixture model failed because some components of fits {bad[:10]} have "
-                         "ill-defined empirical covariance (for instance caused by singleton or collapsed "
-                         "samples). Try to decrease the number of components, or increase reg_covar.")
-    return chol
 
 
 def estimate_batch(X: torch.Tensor, resp: torch.Tensor, reg_covar: float, covariance_type: str,
@@ -172,18 +144,6 @@ def estimate_batch(X: torch.Tensor, resp: torch.Tensor, reg_covar: float, covari
     return nk, means, cov
 
 
-def inv_scale_from_covariances(cov: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """``L`` with ``Σ⁻¹ = LᵀL``: the inverse of ``chol(Σ)`` (full, tied) or ``1/σ`` (diag, spherical)."""
-    if covariance_type in ("full", "tied"):
-        chol = _cholesky(cov)
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand(cov.shape)
-        return torch.linalg.solve_triangular(chol, eye, upper=False)
-    if bool((cov <= 0).any()):
-        raise ValueError("Fitting the mixture model failed because some components have ill-defined "
-                         "empirical covariance (a variance <= 0). Try to increase reg_covar.")
-    return cov.rsqrt()
-
-
 class BatchGMMUpdates:
     """Closed-form M-step for :func:`batch_gmm_model`; fits marked inactive keep their params."""
 
@@ -197,7 +157,7 @@ class BatchGMMUpdates:
         new = {"weights": nk / nk.sum(-1, keepdim=True), "means": means, "covariances": cov}
         if self.active is not None and self.last is not None:
             new = {name: _where_active(self.active, value, self.last[name]) for name, value in new.items()}
-        new["inv_scale"] = inv_scale_from_covariances(new["covariances"], covariance_type)
+        new["inv_scale"] = inv_scale_from_covariances(new["covariances"], covariance_type, batched=True)
         self.last = new
         return {prefix + name: new[name] for name in ("weights", "means", "inv_scale")}
 
@@ -209,7 +169,7 @@ def _where_active(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) ->
 def _write(prefix: str, params: Dict[str, torch.Tensor], covariance_type: str) -> None:
     store = pyro.get_param_store()
     cons = {"weights": constraints.simplex, "means": constraints.real,
-            "inv_scale": SCALE_CONSTRAINTS[covariance_type]}
+            "inv_scale": INV_SCALE_CONSTRAINTS[covariance_type]}
     for name, constraint in cons.items():
         if prefix + name in store:
             del store[prefix + name]
@@ -297,17 +257,8 @@ def _precision_parts(prec: torch.Tensor, covariance_type: str):
     if covariance_type in ("full", "tied"):
         cov = torch.linalg.inv(prec)
         cov = 0.5 * (cov + cov.transpose(-1, -2))
-        return cov, inv_scale_from_covariances(cov, covariance_type)
+        return cov, inv_scale_from_covariances(cov, covariance_type, batched=True)
     return 1.0 / prec, prec.sqrt()
-
-
-def _precisions_cholesky(cov: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """scikit-learn's ``precisions_cholesky_``: upper factor ``U`` with ``UUᵀ = Σ⁻¹`` (full, tied)."""
-    if covariance_type in ("full", "tied"):
-        chol = _cholesky(cov)
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand(cov.shape)
-        return torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
-    return cov.rsqrt()
 
 
 def _run_batch(em, updates, args, start, tol: float, max_iter: int, wsum: torch.Tensor):
@@ -409,7 +360,7 @@ def _initial(est, Xc, w, gen, inits, shift) -> Dict[str, torch.Tensor]:
     weights = weights if w_init is None else w_init
     means = means if m_init is None else m_init - shift.unsqueeze(1)
     if p_init is None:
-        inv = inv_scale_from_covariances(cov, ct)
+        inv = inv_scale_from_covariances(cov, ct, batched=True)
     else:
         cov, inv = _precision_parts(p_init, ct)
     return {"weights": weights, "means": means, "covariances": cov, "inv_scale": inv}
@@ -427,7 +378,7 @@ def _merge_hist(better: torch.Tensor, new: List[torch.Tensor], old: List[torch.T
 def _fitted_copies(est, best, final, shift, dtype, device, d: int) -> list:
     ct = est.covariance_type
     p = best["params"]
-    prec_chol = _precisions_cholesky(p["covariances"], ct)
+    prec_chol = precisions_cholesky(inv_scale_from_covariances(p["covariances"], ct, batched=True), ct)
     if ct in ("full", "tied"):
         prec = prec_chol @ prec_chol.transpose(-1, -2)
     else:

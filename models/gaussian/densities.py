@@ -26,6 +26,8 @@ ILL_DEFINED = (
     "number of components, increase reg_covar, or scale the input data."
 )
 
+LOG_2PI = math.log(2 * math.pi)
+
 INV_SCALE_CONSTRAINTS = {
     "full": constraints.lower_cholesky,
     "tied": constraints.lower_cholesky,
@@ -306,22 +308,43 @@ def estimate_gaussian_parameters(X: torch.Tensor, resp: torch.Tensor, reg_covar:
     return parameters_from_statistics(stats, reg_covar, covariance_type)
 
 
-def _fail(dtype: torch.dtype) -> ValueError:
+def default_inv_scale(X: torch.Tensor, k: int, covariance_type: str) -> torch.Tensor:
+    """``inv_scale`` of ``k`` components with the data's own spread (``X`` ``(..., N, D)``, the
+    leading dims those of a batch of datasets)."""
+    inv_sd = X.var(-2, unbiased=False).clamp_min(1e-6).rsqrt()                # (..., D)
+    batch, d = inv_sd.shape[:-1], inv_sd.shape[-1]
+    if covariance_type == "full":
+        return torch.diag_embed(inv_sd).unsqueeze(-3).expand(*batch, k, d, d).clone()
+    if covariance_type == "tied":
+        return torch.diag_embed(inv_sd)
+    if covariance_type == "diag":
+        return inv_sd.unsqueeze(-2).expand(*batch, k, d).clone()
+    return inv_sd.square().mean(-1).sqrt().unsqueeze(-1).expand(*batch, k).clone()
+
+
+def _fail(bad: torch.Tensor, batched: bool) -> ValueError:
+    """scikit-learn's message; with ``batched``, the datasets (leading dim) that failed."""
     extra = (" The numerical accuracy can also be improved by passing float64 data instead of float32."
-             if dtype == torch.float32 else "")
+             if bad.dtype == torch.float32 else "")
+    if batched:
+        fits = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1)).flatten().tolist()
+        extra = f" (datasets {fits[:10]}{', ...' if len(fits) > 10 else ''})" + extra
     return ValueError(ILL_DEFINED + extra)
 
 
-def inv_scale_from_covariances(cov: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """``L = C⁻¹`` (lower triangular) with ``C`` the Cholesky factor of ``Σ``; ``1/√σ²`` otherwise."""
+def inv_scale_from_covariances(cov: torch.Tensor, covariance_type: str, batched: bool = False) -> torch.Tensor:
+    """``L = C⁻¹`` (lower triangular) with ``C`` the Cholesky factor of ``Σ``; ``1/√σ²`` otherwise.
+    ``batched``: the leading dim of ``cov`` runs over datasets, named in the error."""
     if covariance_type in ("full", "tied"):
         chol, info = torch.linalg.cholesky_ex(cov)
-        if bool((info != 0).any() | ~torch.isfinite(chol).all()):
-            raise _fail(cov.dtype)
+        bad = (info != 0) | ~torch.isfinite(chol).all(-1).all(-1)
+        if bool(bad.any()):
+            raise _fail(bad, batched)
         eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
         return torch.linalg.solve_triangular(chol, eye, upper=False)
-    if bool((cov <= 0).any()) or not bool(torch.isfinite(cov).all()):
-        raise _fail(cov.dtype)
+    bad = (cov <= 0) | ~torch.isfinite(cov)
+    if bool(bad.any()):
+        raise _fail(bad, batched)
     return 1.0 / cov.sqrt()
 
 

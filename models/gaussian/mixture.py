@@ -47,6 +47,7 @@ from .densities import (
     GMMStatistics,
     components_to_refine,
     covariances_from_inv_scale,
+    default_inv_scale,
     estimate_gaussian_parameters,
     feature_kind,
     gaussian_statistics,
@@ -66,18 +67,6 @@ _fit_ids = itertools.count()
 _RESP_ELEMENTS = 1 << 22  # responsibilities (components x rows) per E-step when chunk_size is None
 
 
-def _default_inv_scale(X: torch.Tensor, k: int, covariance_type: str) -> torch.Tensor:
-    inv_sd = X.var(0, unbiased=False).clamp_min(1e-6).rsqrt()
-    d = X.shape[1]
-    if covariance_type == "full":
-        return torch.diag_embed(inv_sd).expand(k, d, d).clone()
-    if covariance_type == "tied":
-        return torch.diag_embed(inv_sd)
-    if covariance_type == "diag":
-        return inv_sd.expand(k, d).clone()
-    return inv_sd.square().mean().sqrt().expand(k).clone()
-
-
 def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
               sample_weight: Optional[torch.Tensor] = None, prefix: str = "",
               features: Optional[GaussianFeatures] = None) -> None:
@@ -93,7 +82,7 @@ def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
     k = n_components
     weights = pyro.param(prefix + "weights", lambda: X.new_full((k,), 1.0 / k), constraint=constraints.simplex)
     means = pyro.param(prefix + "means", lambda: X[torch.linspace(0, n - 1, k, device=X.device).long()].clone())
-    inv_scale = pyro.param(prefix + "inv_scale", lambda: _default_inv_scale(X, k, covariance_type),
+    inv_scale = pyro.param(prefix + "inv_scale", lambda: default_inv_scale(X, k, covariance_type),
                            constraint=INV_SCALE_CONSTRAINTS[covariance_type])
     with pyro.plate("data", n, dim=-1), poutine.scale(scale=1.0 if sample_weight is None else sample_weight):
         z = pyro.sample("z", dist.Categorical(weights))
