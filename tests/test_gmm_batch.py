@@ -124,3 +124,12 @@ def test_per_dataset_init_of_the_wrong_shape_is_refused():
     X = datasets(b=2)
     with pytest.raises(ValueError, match="means_init must have shape"):
         GaussianMixture(K, means_init=np.zeros((3, K, 2))).fit_batch(X)
+
+
+def test_a_collapsed_dataset_is_named_in_the_error():
+    """Dataset 1 holds two points repeated: without reg_covar its components' covariances are
+    singular, and the error says which dataset, in scikit-learn's words."""
+    rs = np.random.RandomState(0)
+    X = np.stack([rs.randn(20, 2), np.repeat(rs.randn(2, 2), 10, axis=0)])
+    with pytest.raises(ValueError, match=r"ill-defined empirical covariance.*\(datasets \[1\]\)"):
+        GaussianMixture(2, reg_covar=0.0, random_state=0).fit_batch(X)
