@@ -13,7 +13,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import infer_discrete
 
-from .chains import chain_of, chain_tables
+from .chains import chain_of, chain_tables, markov_path
 from .estep import factor_components
 from .factors import build_blocks, single_leaf
 from .handlers import LatentPolicy, is_unscored
@@ -42,15 +42,13 @@ def decode(model: Callable, *args, **kwargs) -> Decoding:
     check_model(model)
     tracer = ModelTracer(model)
     tracer.ensure_probed(args, kwargs)
-    parts = None
-    if tracer.vectorized_chain:  # Viterbi on the E-step's own tables
-        with torch.no_grad():
-            trace = tracer.trace(args, kwargs)
-        parts = factor_components(trace)
-    if parts is not None and parts.chains:
-        values, total = _decode_vectorized(trace, parts)
-        if total is not None:  # read off the tables: no second run of the model
-            return Decoding({k: v.detach() for k, v in values.items()}, total)
+    with torch.no_grad():  # max-product on the E-step's own tables where their structure allows
+        trace = tracer.trace(args, kwargs)
+    found = _decode_tables(trace, factor_components(trace))
+    if found is not None and found[1] is not None:  # read off the tables: no second run of the model
+        return Decoding({k: v.detach() for k, v in found[0].items()}, found[1])
+    if found is not None:
+        values = found[0]
     else:
         decoder = infer_discrete(LatentPolicy(enumerate=True)(model),
                                  first_available_dim=-1 - tracer.max_plate_nesting, temperature=0)
@@ -91,11 +89,13 @@ def _site_layout(t: torch.Tensor, dims: str, site: dict, trace) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def _decode_vectorized(trace, parts) -> Tuple[Dict[str, torch.Tensor], Optional[float]]:
-    """Max-product on the E-step's own tables for a model with vectorized Markov chains: Viterbi
-    along each chain (``chain_viterbi``), an argmax over each lone latent's table; any other
-    structure is refused. Also ``log p(x*, y)``: the maxima plus the constant sites (None where a
-    component carries a tensor ``poutine.scale``; the caller then scores the model at x*)."""
+def _decode_tables(trace, parts) -> Optional[Tuple[Dict[str, torch.Tensor], Optional[float]]]:
+    """Max-product on the E-step's own tables: Viterbi along each vectorized chain and each
+    ``pyro.markov`` path (``chain_viterbi``), an argmax over each lone latent's table. Also
+    ``log p(x*, y)``: the maxima plus the constant sites (None where a component carries a tensor
+    ``poutine.scale``; the caller then scores the model at x*). None where a component has another
+    structure (the caller then runs Pyro's ``infer_discrete``); a model with a vectorized chain
+    and such a component is refused."""
     by_symbol = {sym: name for name, sym in parts.enum_symbols.items()}
     values: Dict[str, torch.Tensor] = {}
     total = float(parts.constant) if not isinstance(parts.constant, torch.Tensor) else float(parts.constant.sum())
@@ -106,33 +106,43 @@ def _decode_vectorized(trace, parts) -> Tuple[Dict[str, torch.Tensor], Optional[
                      apart=chain.shifted if chain is not None else "")
         for b in comp.blocks:
             with_dims(b.tensor, b.dims)
-        if chain is None:
-            if not single_leaf(comp):
-                sites = ", ".join(sorted(f"'{by_symbol[d]}'" for d in comp.sum_dims))
-                raise ValueError(f"decode: the latents {sites} form a structure the decoder of models with "
-                                 "vectorized Markov chains does not handle (chains and single latents per plate element)")
+        scalar = scalar and not isinstance(comp.scale, torch.Tensor)
+        if chain is not None:
+            tab = chain_tables(comp, chain, parts.dim_size)
+            score, states = chain_viterbi(tab.init, tab.trans, tab.emit)
+            total += float(score.sum()) * (comp.scale if scalar else 1.0)
+            for i in reversed(range(len(chain.current))):
+                n = tab.ks[i]
+                st = (states % n).reshape(tab.outer_shape + [states.shape[-1]])
+                states = states // n
+                first, shifted, current = (by_symbol[sym[i]] for sym in (chain.first, chain.shifted, chain.current))
+                values[first] = _site_layout(st[..., 0], tab.keep, trace.nodes[first], trace)
+                for name, part in ((shifted, st[..., :-1]), (current, st[..., 1:])):
+                    values[name] = _site_layout(part, tab.keep + chain.time, trace.nodes[name], trace)
+            continue
+        if single_leaf(comp):
             b = comp.blocks[0]
             latent = [d for d in b.dims if d in comp.sum_dims]
             rest = "".join(d for d in b.dims if d not in comp.sum_dims)
             t = align(b.tensor, b.dims, rest + "".join(latent))
             best, flat = t.reshape(t.shape[:len(rest)] + (-1,)).max(-1)
-            scalar = scalar and not isinstance(comp.scale, torch.Tensor)
             total += float(best.sum()) * (comp.scale if scalar else 1.0)
             for d in reversed(latent):
                 n = parts.dim_size[d]
                 values[by_symbol[d]] = _site_layout(flat % n, rest, trace.nodes[by_symbol[d]], trace)
                 flat = flat // n
             continue
-        tab = chain_tables(comp, chain, parts.dim_size)
-        score, states = chain_viterbi(tab.init, tab.trans, tab.emit)
-        scalar = scalar and not isinstance(comp.scale, torch.Tensor)
-        total += float(score.sum()) * (comp.scale if scalar else 1.0)
-        for i in reversed(range(len(chain.current))):
-            n = tab.ks[i]
-            st = (states % n).reshape(tab.outer_shape + [states.shape[-1]])
-            states = states // n
-            first, shifted, current = (by_symbol[sym[i]] for sym in (chain.first, chain.shifted, chain.current))
-            values[first] = _site_layout(st[..., 0], tab.keep, trace.nodes[first], trace)
-            for name, part in ((shifted, st[..., :-1]), (current, st[..., 1:])):
-                values[name] = _site_layout(part, tab.keep + chain.time, trace.nodes[name], trace)
+        path = markov_path(comp, parts.dim_size)
+        if path is not None:  # a pyro.markov chain
+            score, states = chain_viterbi(path.init, path.trans, path.emit)
+            total += float(score.sum()) * (comp.scale if scalar else 1.0)
+            for t, d in enumerate(path.latents):
+                values[by_symbol[d]] = _site_layout(states[:, t].reshape(path.outer_shape), path.keep,
+                                                    trace.nodes[by_symbol[d]], trace)
+            continue
+        if parts.chains:
+            sites = ", ".join(sorted(f"'{by_symbol[d]}'" for d in comp.sum_dims))
+            raise ValueError(f"decode: the latents {sites} form a structure the decoder of models with "
+                             "vectorized Markov chains does not handle (chains and single latents per plate element)")
+        return None
     return values, (total if scalar else None)

@@ -433,3 +433,27 @@ def test_pyro_markov_chain_log_likelihood_gradient_equals_brute_force():
     assert float(ours) == pytest.approx(float(ref), rel=1e-12)
     for a, b in zip(grads, ref_grads):
         np.testing.assert_allclose(np_(a), np_(b), rtol=1e-9, atol=1e-12)
+
+
+def test_pyro_markov_chain_decodes_to_the_brute_force_maximum():
+    """Viterbi on the stacked per-step tables: every sequence's most probable path over the 2^6
+    paths of the drifting chain, and log p(x*, y) summed over the sequences."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.bernoulli(torch.full((4, T_VARY, TONES), 0.5, dtype=torch.float64), generator=g)
+    pyro.clear_param_store()
+    pyroem.EM(drifting_chain).e_step(y)                      # creates the params
+    dec = pyroem.decode(drifting_chain, y)
+    w, u, probs = (pyro.param(n).detach() for n in ("w", "u", "probs"))
+    paths = torch.tensor(list(itertools.product(range(2), repeat=T_VARY)))
+    log_joint = torch.zeros((y.shape[0], len(paths)), dtype=y.dtype)
+    prev = torch.zeros(len(paths), dtype=torch.long)
+    for t in range(T_VARY):
+        cur = paths[:, t]
+        p = probs[cur]
+        log_joint += torch.log_softmax(w + t * u, -1)[prev, cur]
+        log_joint += (y[:, t, None] * p.log() + (1 - y[:, t, None]) * (1 - p).log()).sum(-1)
+        prev = cur
+    best = log_joint.max(-1)
+    decoded = torch.stack([dec[f"x_{t}"].reshape(-1) for t in range(T_VARY)], 1)
+    np.testing.assert_array_equal(decoded.numpy(), paths[best.indices].numpy())
+    assert dec.log_prob == pytest.approx(float(best.values.sum()), rel=1e-12)
