@@ -24,6 +24,7 @@ class Expectations:
         self._e = estep
         self._start = start  # the trace with autograd leaves the M-step starts from, if taken
         self._cache: Dict[Tuple[str, ...], torch.Tensor] = {}
+        self._by_latent: Optional[Dict[str, List[Block]]] = None
 
     @property
     def log_likelihood(self) -> torch.Tensor:
@@ -95,12 +96,21 @@ class Expectations:
         for comp in self._e.components:
             yield from comp.blocks
 
+    def _holding(self, sym: str) -> List[Block]:
+        """The leaves that hold the latent ``sym`` (indexed once)."""
+        if self._by_latent is None:
+            self._by_latent = {}
+            for b in self._blocks():
+                for d in b.dims:
+                    self._by_latent.setdefault(d, []).append(b)
+        return self._by_latent.get(sym, [])
+
     def _posterior(self, syms: str, ordinal: frozenset, plates: str, what: str) -> torch.Tensor:
         """Sum a leaf's posterior down to ``plates + syms`` (packed order)."""
         present = [s for s in syms if self._e.dim_size.get(s, 1) > 1]
         needed = set(present) | set(plates)
         best = None
-        for b in self._blocks():
+        for b in (self._holding(present[0]) if present else self._blocks()):
             if b.ordinal == ordinal and needed <= set(b.dims):
                 if best is None or b.tensor.numel() < best.tensor.numel():
                     best = b
