@@ -22,37 +22,16 @@ import pyroem
 
 from ..exceptions import ConvergenceWarning
 from ..kmeans import TorchDraws, initial_resp
-from .densities import (INV_SCALE_CONSTRAINTS, LOG_2PI, default_inv_scale, inv_scale_from_covariances,
+from .densities import (INV_SCALE_CONSTRAINTS, default_inv_scale, inv_scale_from_covariances, log_gaussian_table,
                         precisions_cholesky)
 
 __all__ = ["BatchGMMUpdates", "BatchGaussianComponents", "batch_gmm_model", "fit_batch"]
 
 
-def log_gaussian_table(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Tensor,
-                       covariance_type: str) -> torch.Tensor:
-    """``log N(x_bn | μ_bk, Σ_bk)`` as ``(B, N, K)`` with ``Σ⁻¹ = LᵀL``: ``|L(x - μ)|²`` by matrix products."""
-    d = X.shape[-1]
-    if covariance_type in ("full", "tied"):
-        lt = inv_scale.transpose(-1, -2)
-        if covariance_type == "tied":
-            y = (X @ lt).unsqueeze(2) - (means @ lt).unsqueeze(1)  # (B, N, K, D)
-            log_det = inv_scale.diagonal(dim1=-2, dim2=-1).log().sum(-1).unsqueeze(-1)  # (B, 1)
-        else:
-            y = torch.einsum("bnd,bkde->bnke", X, lt) - (means.unsqueeze(-2) @ lt).squeeze(-2).unsqueeze(1)
-            log_det = inv_scale.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B, K)
-        maha = y.square().sum(-1)
-    else:
-        prec = inv_scale.square() if covariance_type == "diag" else inv_scale.square().unsqueeze(-1).expand(means.shape)
-        # Σ_d p_d (x_d - μ_d)² = x²·p - 2 x·(p μ) + μ²·p, centred data keep it accurate
-        maha = (X.square() @ prec.transpose(1, 2) - 2.0 * X @ (prec * means).transpose(1, 2)
-                + (prec * means.square()).sum(-1).unsqueeze(1)).clamp_min(0.0)
-        log_det = inv_scale.log().sum(-1) if covariance_type == "diag" else d * inv_scale.log()
-    return -0.5 * (d * LOG_2PI + maha) + log_det.unsqueeze(1)
-
-
 class BatchGaussianComponents(TorchDistribution):
-    """``x_bn ~ N(μ_{b,z}, Σ_{b,z})`` for B mixtures; ``log_prob`` builds the ``(B, N, K)`` table by
-    matrix products and reads off the entries ``z`` selects (``(K, B, N)`` for Pyro's enumeration)."""
+    """``x_bn ~ N(μ_{b,z}, Σ_{b,z})`` for B mixtures; ``log_prob`` builds the ``(B, N, K)`` table
+    (:func:`log_gaussian_table`, batched) and reads off the entries ``z`` selects (``(K, B, N)``
+    for Pyro's enumeration)."""
 
     arg_constraints = {}
     support = constraints.real_vector
@@ -72,7 +51,7 @@ class BatchGaussianComponents(TorchDistribution):
         return new
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        table = log_gaussian_table(value, self.means, self.inv_scale, self.covariance_type)  # (B, N, K)
+        table = log_gaussian_table(value, self.means, self.inv_scale, self.covariance_type).transpose(-1, -2)
         z = self.component.long()
         shape = torch.broadcast_shapes(z.shape, table.shape[:-1])
         out = table.expand(shape + table.shape[-1:]).gather(-1, z.expand(shape).unsqueeze(-1)).squeeze(-1)

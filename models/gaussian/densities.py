@@ -64,24 +64,25 @@ def quadratic_width(d: int, kind: str) -> int:
 
 
 def gaussian_features(X: torch.Tensor, kind: str) -> torch.Tensor:
-    """``f(x) = [quadratic terms, x, 1]`` for every row of ``X``, one column per row: ``(Q + D + 1, N)``.
+    """``f(x) = [quadratic terms, x, 1]`` for every row of ``X`` ``(..., N, D)``, one column per row:
+    ``(..., Q + D + 1, N)`` (leading dims: a batch of datasets).
 
     Every Gaussian log-density is linear in ``f(x)``: ``log N(x | μ, Σ) = c(μ, Σ) · f(x)``, so a
     whole ``(K, N)`` table is one matrix product and the M-step statistics are another.
     """
-    n, d = X.shape
-    xt = X.T.contiguous()
-    out = X.new_empty((quadratic_width(d, kind) + d + 1, n))
-    q = out.shape[0] - d - 1
+    *batch, n, d = X.shape
+    xt = X.transpose(-1, -2).contiguous()
+    out = X.new_empty((*batch, quadratic_width(d, kind) + d + 1, n))
+    q = out.shape[-2] - d - 1
     if kind == "pairs":  # row-major over i <= j, as _pairs orders them
         start = 0
         for i in range(d):
-            torch.mul(xt[i:i + 1], xt[i:], out=out[start:start + d - i])
+            torch.mul(xt[..., i:i + 1, :], xt[..., i:, :], out=out[..., start:start + d - i, :])
             start += d - i
     else:
-        torch.square(xt, out=out[:q])
-    out[q:q + d] = xt
-    out[-1] = 1.0
+        torch.square(xt, out=out[..., :q, :])
+    out[..., q:q + d, :] = xt
+    out[..., -1, :] = 1.0
     return out
 
 
@@ -97,7 +98,7 @@ class GaussianFeatures:
         self.X = X
         self.version = X._version
         self.kind = feature_kind(covariance_type)
-        n, d = X.shape
+        n, d = X.shape[-2:]
         self.width = quadratic_width(d, self.kind) + d + 1
         if cache is None:
             cache = n * self.width <= _CACHE_ELEMENTS
@@ -105,19 +106,19 @@ class GaussianFeatures:
 
     def __getitem__(self, rows: slice) -> "GaussianFeatures":
         sub = GaussianFeatures.__new__(GaussianFeatures)
-        sub.X, sub.kind, sub.width = self.X[rows], self.kind, self.width
+        sub.X, sub.kind, sub.width = self.X[..., rows, :], self.kind, self.width
         sub.version = sub.X._version
-        sub.matrix = None if self.matrix is None else self.matrix[:, rows]
+        sub.matrix = None if self.matrix is None else self.matrix[..., rows]
         return sub
 
     def chunks(self) -> Iterator[Tuple[slice, torch.Tensor]]:
         """``(rows, features of those rows)`` covering every row."""
-        n = self.X.shape[0]
+        n = self.X.shape[-2]
         if self.matrix is not None:
             yield slice(0, n), self.matrix
             return
         for sl in _row_chunks(n, self.width):
-            yield sl, gaussian_features(self.X[sl], self.kind)
+            yield sl, gaussian_features(self.X[..., sl, :], self.kind)
 
     def matches(self, X: torch.Tensor) -> bool:
         same = X is self.X or (X.shape == self.X.shape and X.dtype == self.X.dtype and X.device == self.X.device
@@ -135,44 +136,54 @@ def log_det_inv_scale(inv_scale: torch.Tensor, covariance_type: str, d: int) -> 
 
 
 def log_density_coefficients(means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """``C`` with ``log N(x | μ_k, Σ_k) = C_k · f(x)``, shape ``(K, Q + D + 1)``.
+    """``C`` with ``log N(x | μ_k, Σ_k) = C_k · f(x)``, shape ``(..., K, Q + D + 1)`` (leading dims
+    of ``means`` ``(..., K, D)``: a batch of mixtures).
 
     From ``-½ (xᵀPx - 2 μᵀPx + μᵀPμ) + log|L| - ½ D log 2π`` with ``P = LᵀL``: the quadratic
     coefficients ``-½ P_ii`` and ``-P_ij`` (``i < j``), the linear ``Pμ``, then the constant.
     """
-    k, d = means.shape
+    d = means.shape[-1]
+    rows = means.shape[:-1]                                    # (..., K)
+    log_det = log_det_inv_scale(inv_scale, covariance_type, d)
     if covariance_type in ("full", "tied"):
-        lmu = (inv_scale @ means.unsqueeze(-1)).squeeze(-1) if covariance_type == "full" else means @ inv_scale.T
+        if covariance_type == "full":
+            lmu = (inv_scale @ means.unsqueeze(-1)).squeeze(-1)
+        else:
+            lmu = means @ inv_scale.transpose(-1, -2)
+            log_det = log_det.unsqueeze(-1)                    # one factor for every component
         prec = inv_scale.transpose(-1, -2) @ inv_scale
         lin = (inv_scale.transpose(-1, -2) @ lmu.unsqueeze(-1)).squeeze(-1) if covariance_type == "full" \
             else lmu @ inv_scale
         i, j = _pairs(d, means.device)
         quad = -prec[..., i, j] * torch.where(i == j, 0.5, 1.0).to(prec.dtype)
-        quad = quad.expand(k, quad.shape[-1])
+        if covariance_type == "tied":
+            quad = quad.unsqueeze(-2)
+        quad = quad.expand(rows + quad.shape[-1:])
     else:
         prec = inv_scale.square()
         if covariance_type == "spherical":
-            prec = prec.unsqueeze(1).expand(k, d)
+            prec = prec.unsqueeze(-1).expand(means.shape)
         lin = prec * means
         lmu = inv_scale.unsqueeze(-1) * means if covariance_type == "spherical" else inv_scale * means
         quad = -0.5 * prec
-    const = -0.5 * (lmu.square().sum(-1) + d * math.log(2 * math.pi)) + log_det_inv_scale(inv_scale, covariance_type, d)
-    return torch.cat([quad, lin, const.expand(k).unsqueeze(1)], 1)
+    const = -0.5 * (lmu.square().sum(-1) + d * LOG_2PI) + log_det
+    return torch.cat([quad, lin, const.expand(rows).unsqueeze(-1)], -1)
 
 
 def log_gaussian_table(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str,
                        features: Optional[GaussianFeatures] = None) -> torch.Tensor:
-    """``log N(x_n | μ_k, Σ_k)`` as a contiguous ``(K, N)`` table: ``C @ f(X)``."""
+    """``log N(x_n | μ_k, Σ_k)`` as a contiguous ``(..., K, N)`` table: ``C @ f(X)`` (leading dims: a
+    batch of mixtures, each on its own dataset ``X`` ``(..., N, D)``)."""
     if features is None or not features.matches(X):
         features = GaussianFeatures(X, covariance_type, cache=False)
     coef = log_density_coefficients(means, inv_scale, covariance_type)
     if features.matrix is not None:
         return coef @ features.matrix
     if coef.requires_grad and torch.is_grad_enabled():
-        return torch.cat([coef @ f for _, f in features.chunks()], 1)
-    out = X.new_empty((means.shape[0], X.shape[0]))
+        return torch.cat([coef @ f for _, f in features.chunks()], -1)
+    out = X.new_empty(means.shape[:-1] + X.shape[-2:-1])
     for sl, f in features.chunks():
-        torch.matmul(coef.detach(), f, out=out[:, sl])
+        torch.matmul(coef.detach(), f, out=out[..., sl])
     return out
 
 
