@@ -22,8 +22,9 @@ import pyroem
 
 from ..exceptions import ConvergenceWarning
 from ..kmeans import TorchDraws, initial_resp
-from .densities import (INV_SCALE_CONSTRAINTS, default_inv_scale, inv_scale_from_covariances, log_gaussian_table,
-                        precisions_cholesky)
+from .densities import (INV_SCALE_CONSTRAINTS, GaussianFeatures, components_to_refine, default_inv_scale,
+                        estimate_gaussian_parameters, gaussian_statistics, inv_scale_from_covariances,
+                        log_gaussian_table, parameters_from_statistics, precisions_cholesky)
 
 __all__ = ["BatchGMMUpdates", "BatchGaussianComponents", "batch_gmm_model", "fit_batch"]
 
@@ -101,28 +102,6 @@ def batch_gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "
         pyro.sample("x", BatchGaussianComponents(means, inv_scale, covariance_type, z), obs=X)
 
 
-def estimate_batch(X: torch.Tensor, resp: torch.Tensor, reg_covar: float, covariance_type: str,
-                   sample_weight: Optional[torch.Tensor] = None):
-    """Weighted ``n_k (B, K)``, ``means (B, K, D)`` and covariances (scikit-learn's formulas, per fit)."""
-    r = resp if sample_weight is None else resp * sample_weight.unsqueeze(-1)
-    nk = r.sum(1) + 10 * torch.finfo(X.dtype).eps
-    means = r.transpose(1, 2) @ X / nk.unsqueeze(-1)
-    if covariance_type == "full":
-        diff = X.unsqueeze(1) - means.unsqueeze(2)  # (B, K, N, D)
-        cov = (r.transpose(1, 2).unsqueeze(-1) * diff).transpose(-1, -2) @ diff / nk[..., None, None]
-        cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
-    elif covariance_type == "tied":
-        xw = X * r.sum(-1, keepdim=True)
-        cov = (xw.transpose(1, 2) @ X - (nk.unsqueeze(-1) * means).transpose(1, 2) @ means) / nk.sum(-1)[:, None, None]
-        cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
-    else:
-        avg_x2 = r.transpose(1, 2) @ X.square() / nk.unsqueeze(-1)
-        cov = avg_x2 - means.square() + reg_covar
-        if covariance_type == "spherical":
-            cov = cov.mean(-1)
-    return nk, means, cov
-
-
 class BatchGMMUpdates:
     """Closed-form M-step for :func:`batch_gmm_model`; fits marked inactive keep their params."""
 
@@ -132,7 +111,12 @@ class BatchGMMUpdates:
         self.last: Optional[Dict[str, torch.Tensor]] = None
 
     def __call__(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix=""):
-        nk, means, cov = estimate_batch(X, expect.marginal("z"), self.reg_covar, covariance_type, sample_weight)
+        w = None if sample_weight is None else sample_weight.unsqueeze(-2)
+        centres = None if self.last is None else self.last["means"]
+        refined = None if centres is None else components_to_refine(centres, self.last["inv_scale"], covariance_type)
+        stats = gaussian_statistics(expect.marginal("z").transpose(-1, -2), GaussianFeatures(X, covariance_type), w,
+                                    None, centres, refined)
+        nk, means, cov = parameters_from_statistics(stats, self.reg_covar, covariance_type)
         new = {"weights": nk / nk.sum(-1, keepdim=True), "means": means, "covariances": cov}
         if self.active is not None and self.last is not None:
             new = {name: _where_active(self.active, value, self.last[name]) for name, value in new.items()}
@@ -334,7 +318,7 @@ def _initial(est, Xc, w, gen, inits, shift) -> Dict[str, torch.Tensor]:
     weights = means = cov = None
     if w_init is None or m_init is None or p_init is None:
         resp = initial_resp(Xc, est.n_components, est.init_params, TorchDraws(gen), w)
-        nk, means, cov = estimate_batch(Xc, resp, est.reg_covar, ct, w)
+        nk, means, cov = estimate_gaussian_parameters(Xc, resp, est.reg_covar, ct, w)
         weights = nk / (Xc.shape[1] if w is None else w.sum(-1, keepdim=True))
     weights = weights if w_init is None else w_init
     means = means if m_init is None else m_init - shift.unsqueeze(1)

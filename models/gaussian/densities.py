@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
@@ -98,10 +98,10 @@ class GaussianFeatures:
         self.X = X
         self.version = X._version
         self.kind = feature_kind(covariance_type)
-        n, d = X.shape[-2:]
+        d = X.shape[-1]
         self.width = quadratic_width(d, self.kind) + d + 1
         if cache is None:
-            cache = n * self.width <= _CACHE_ELEMENTS
+            cache = X.numel() // max(d, 1) * self.width <= _CACHE_ELEMENTS
         self.matrix = gaussian_features(X, self.kind) if cache else None
 
     def __getitem__(self, rows: slice) -> "GaussianFeatures":
@@ -226,43 +226,46 @@ class GMMStatistics:
 _REFINE_RATIO = {torch.float32: 1e4, torch.float64: 1e6}
 
 
-def components_to_refine(means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str) -> List[int]:
+def components_to_refine(means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str) -> Optional[torch.Tensor]:
     """Full-covariance components whose variance is tiny next to their squared distance from the
     origin (``|μ_k|² tr(P_k)`` above 1e6 in float64, 1e4 in float32), such as a component collapsed
-    onto a single point: their scatter is accumulated about their current mean instead."""
+    onto a single point: their scatter is accumulated about their current mean instead. A bool
+    mask ``(..., K)``; None for other covariance types."""
     if covariance_type != "full":
-        return []
+        return None
     ratio = means.square().sum(-1) * inv_scale.square().sum((-2, -1))
-    return torch.nonzero(ratio > _REFINE_RATIO.get(ratio.dtype, 1e6)).flatten().tolist()
+    return ratio > _REFINE_RATIO.get(ratio.dtype, 1e6)
 
 
 def gaussian_statistics(resp_t: torch.Tensor, features: GaussianFeatures,
                         sample_weight: Optional[torch.Tensor] = None,
                         log_likelihood: Optional[torch.Tensor] = None,
-                        centres: Optional[torch.Tensor] = None, refine: Sequence[int] = ()) -> GMMStatistics:
-    """``R @ f(X)ᵀ`` with ``R = resp_t * w`` (``resp_t`` the ``(K, N)`` responsibilities); for the
-    components in ``refine``, also the scatter about ``centres`` (one ``(N, D)`` pass each)."""
+                        centres: Optional[torch.Tensor] = None,
+                        refined: Optional[torch.Tensor] = None) -> GMMStatistics:
+    """``R @ f(X)ᵀ`` with ``R = resp_t * w`` (``resp_t`` the ``(..., K, N)`` responsibilities, ``w``
+    broadcasting against it); for the components ``refined`` flags (``(..., K)``), also the scatter
+    about ``centres`` (one ``(N, D)`` pass each)."""
     r = resp_t if sample_weight is None else resp_t * sample_weight
     if features.matrix is not None:
-        moments = r @ features.matrix.T
+        moments = r @ features.matrix.transpose(-1, -2)
     else:
-        moments = r.new_zeros((r.shape[0], features.width))
+        moments = r.new_zeros(r.shape[:-1] + (features.width,))
         for sl, f in features.chunks():
-            moments.addmm_(r[:, sl], f.T)
-    d = features.X.shape[1]
+            if r.dim() == 2:
+                moments.addmm_(r[:, sl], f.T)
+            else:
+                moments += r[..., sl] @ f.transpose(-1, -2)
+    d = features.X.shape[-1]
     stats = GMMStatistics(moments, d, features.kind, log_likelihood)
-    if refine:
-        k = r.shape[0]
-        stats.centres = centres
-        stats.refined = torch.zeros(k, dtype=torch.bool, device=r.device)
-        stats.refined[list(refine)] = True
-        stats.ref_scatter = r.new_zeros((k, d, d))
-        stats.ref_sums = r.new_zeros((k, d))
-        for c in refine:
-            diff = features.X - centres[c]
-            weighted = diff * r[c].unsqueeze(1)
-            stats.ref_scatter[c] = weighted.T @ diff
-            stats.ref_sums[c] = weighted.sum(0)
+    if refined is not None and bool(refined.any()):
+        stats.centres, stats.refined = centres, refined
+        stats.ref_scatter = r.new_zeros(refined.shape + (d, d))
+        stats.ref_sums = r.new_zeros(refined.shape + (d,))
+        for idx in map(tuple, torch.nonzero(refined).tolist()):
+            diff = features.X[idx[:-1]] - centres[idx]     # the rows of the component's own dataset
+            weighted = diff * r[idx].unsqueeze(-1)
+            stats.ref_scatter[idx] = weighted.T @ diff
+            stats.ref_sums[idx] = weighted.sum(0)
     return stats
 
 
@@ -274,35 +277,35 @@ def parameters_from_statistics(stats: GMMStatistics, reg_covar: float, covarianc
     ``(S - s μᵀ - μ sᵀ + (Σ r) μ μᵀ) / n_k`` with ``S = Σ r x xᵀ``, ``s = Σ r x``.
     """
     m, d = stats.moments, stats.d
-    k = m.shape[0]
-    q = m.shape[1] - d - 1
-    rsum = m[:, -1]
-    sums = m[:, q:q + d]
+    q = m.shape[-1] - d - 1
+    rsum = m[..., -1]
+    sums = m[..., q:q + d]
     nk = rsum + 10 * torch.finfo(m.dtype).eps
-    means = sums / nk.unsqueeze(1)
+    means = sums / nk.unsqueeze(-1)
     if covariance_type in ("full", "tied"):
         i, j = _pairs(d, m.device)
-        scatter = m.new_zeros((k, d, d))
-        scatter[:, i, j] = m[:, :q]
-        scatter[:, j, i] = m[:, :q]
-        cross = sums.unsqueeze(2) * means.unsqueeze(1)
-        centred = scatter - cross - cross.transpose(1, 2) + rsum[:, None, None] * (means.unsqueeze(2) * means.unsqueeze(1))
+        scatter = m.new_zeros(m.shape[:-1] + (d, d))
+        scatter[..., i, j] = m[..., :q]
+        scatter[..., j, i] = m[..., :q]
+        cross = sums.unsqueeze(-1) * means.unsqueeze(-2)
+        centred = (scatter - cross - cross.transpose(-1, -2)
+                   + rsum[..., None, None] * (means.unsqueeze(-1) * means.unsqueeze(-2)))
         if stats.ref_scatter is not None:  # the same expansion about c, with δ = μ - c small
             delta = means - stats.centres
-            cross = stats.ref_sums.unsqueeze(2) * delta.unsqueeze(1)
-            near = (stats.ref_scatter - cross - cross.transpose(1, 2)
-                    + rsum[:, None, None] * (delta.unsqueeze(2) * delta.unsqueeze(1)))
-            centred = torch.where(stats.refined[:, None, None], near, centred)
+            cross = stats.ref_sums.unsqueeze(-1) * delta.unsqueeze(-2)
+            near = (stats.ref_scatter - cross - cross.transpose(-1, -2)
+                    + rsum[..., None, None] * (delta.unsqueeze(-1) * delta.unsqueeze(-2)))
+            centred = torch.where(stats.refined[..., None, None], near, centred)
         if covariance_type == "full":
-            cov = centred / nk[:, None, None]
+            cov = centred / nk[..., None, None]
         else:
-            cov = centred.sum(0) / nk.sum()
+            cov = centred.sum(-3) / nk.sum(-1)[..., None, None]
         cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
     else:
-        avg_x2 = m[:, :q] / nk.unsqueeze(1)
+        avg_x2 = m[..., :q] / nk.unsqueeze(-1)
         cov = avg_x2 - means.square() + reg_covar
         if covariance_type == "spherical":
-            cov = cov.mean(1)
+            cov = cov.mean(-1)
     return nk, means, cov
 
 
@@ -310,12 +313,12 @@ def estimate_gaussian_parameters(X: torch.Tensor, resp: torch.Tensor, reg_covar:
                                  covariance_type: str, sample_weight: Optional[torch.Tensor] = None,
                                  features: Optional[GaussianFeatures] = None
                                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted MLE from responsibilities ``resp`` ``(N, K)`` (scikit-learn's formulas,
-    ``r_nk = w_n resp_nk``). Returns ``(n_k, means, covariances)``."""
+    """Weighted MLE from responsibilities ``resp`` ``(..., N, K)`` (scikit-learn's formulas,
+    ``r_nk = w_n resp_nk``; leading dims: a batch of datasets). Returns ``(n_k, means, covariances)``."""
     if features is None or not features.matches(X):
         features = GaussianFeatures(X, covariance_type)
-    w = None if sample_weight is None else sample_weight.unsqueeze(0)
-    stats = gaussian_statistics(resp.T, features, w)
+    w = None if sample_weight is None else sample_weight.unsqueeze(-2)
+    stats = gaussian_statistics(resp.transpose(-1, -2), features, w)
     return parameters_from_statistics(stats, reg_covar, covariance_type)
 
 

@@ -104,22 +104,22 @@ class GMMUpdates:
         self.last: Optional[Dict[str, torch.Tensor]] = None
 
     @staticmethod
-    def _refinement(covariance_type: str, prefix: str) -> Tuple[Optional[torch.Tensor], List[int]]:
+    def _refinement(covariance_type: str, prefix: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """The current means and the components whose scatter is taken about them (see
         :func:`components_to_refine`), read from the param store: the same for every chunk."""
         store = pyro.get_param_store()
         if covariance_type == "full" and prefix + "means" in store and prefix + "inv_scale" in store:
             centres = store[prefix + "means"].detach()
             return centres, components_to_refine(centres, store[prefix + "inv_scale"].detach(), covariance_type)
-        return None, []
+        return None, None
 
     def statistics(self, expect, X, n_components, covariance_type="full", sample_weight=None, prefix="",
                    features=None) -> Dict[str, torch.Tensor]:
         """``Σ_n r_nk f(x_n)`` from one E-step, by name; the statistics of chunks add up."""
         if features is None or not features.matches(X):
             features = GaussianFeatures(X, covariance_type)
-        centres, refine = self._refinement(covariance_type, prefix)
-        stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, None, centres, refine)
+        centres, refined = self._refinement(covariance_type, prefix)
+        stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, None, centres, refined)
         out = {"moments": stats.moments}
         if stats.ref_scatter is not None:
             out.update(ref_scatter=stats.ref_scatter, ref_sums=stats.ref_sums)
@@ -128,13 +128,10 @@ class GMMUpdates:
     def solve(self, stats: Dict[str, torch.Tensor], X, n_components, covariance_type="full", sample_weight=None,
               prefix="", features=None) -> Dict[str, torch.Tensor]:
         """The parameters from statistics summed over the data (scikit-learn's formulas)."""
-        centres, refine = self._refinement(covariance_type, prefix)
-        moments = stats["moments"]
-        gathered = GMMStatistics(moments, X.shape[1], feature_kind(covariance_type), centres=centres)
+        centres, refined = self._refinement(covariance_type, prefix)
+        gathered = GMMStatistics(stats["moments"], X.shape[1], feature_kind(covariance_type), centres=centres)
         if "ref_scatter" in stats:
-            gathered.refined = torch.zeros(moments.shape[0], dtype=torch.bool, device=moments.device)
-            gathered.refined[refine] = True
-            gathered.ref_scatter, gathered.ref_sums = stats["ref_scatter"], stats["ref_sums"]
+            gathered.refined, gathered.ref_scatter, gathered.ref_sums = refined, stats["ref_scatter"], stats["ref_sums"]
         nk, means, cov = parameters_from_statistics(gathered, self.reg_covar, covariance_type)
         weights = nk / nk.sum()
         inv = inv_scale_from_covariances(cov, covariance_type)
