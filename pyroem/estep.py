@@ -4,6 +4,11 @@ log Z = log p(y | θ) is Pyro's plated sum-product contraction of the trace's lo
 (:func:`pyro.ops.contract.contract_to_tensor`). Made autograd leaves, the factors give
 ``w_f = ∂ log Z / ∂ log f``: the posterior marginal over the enumerated variables factor f
 touches, per plate element (gradient of a log-partition = expected sufficient statistics).
+
+Each component of factors (:mod:`pyroem.factors`) is contracted by the cheapest exact route: a
+single table (a mixture) by :mod:`pyroem.logsumexp`, a chain (vectorized or ``pyro.markov``) by
+the chain kernels through :mod:`pyroem.chains`, a tree of latents one latent at a time, anything
+else by Pyro's plated contraction.
 """
 from __future__ import annotations
 
