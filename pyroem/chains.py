@@ -111,7 +111,7 @@ def markov_path(comp: Component, dim_size: Dict[str, int], differentiable: bool 
         # place gives each step's pair posterior per plate element back to its block
         probe = _StackedProbe.apply(outer_shape, *(t.expand([k, k] + outer_shape) for t in steps))
         steps = [t.detach() for t in narrowed]
-    elif differentiable or shared:
+    elif differentiable:  # the graph leads to the parameters: broadcast tables stay narrow
         steps = narrowed
     t_outer = [1] * len(keep) if shared else outer_shape
     trans = torch.stack([t.expand([k, k] + t_outer) for t in steps])          # (T-1, K, K, *outer)
