@@ -6,12 +6,13 @@ update from the state posteriors, and a sampler for emissions given states.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
 import sys
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyro
@@ -409,7 +410,9 @@ class BaseHMM(Estimator):
             raise NotFittedError(f"this {type(self).__name__} has not been fitted yet: call fit first")
 
     # -- inference at the current parameters -------------------------------------------
-    def _posterior(self, X, lengths, marginals: bool) -> Tuple[float, Optional[np.ndarray]]:
+    @contextlib.contextmanager
+    def _at_fitted_params(self, X, lengths) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(Xpad, mask)`` of the checked data, with the fitted parameters in a scoped param store."""
         self._check_fitted()
         self._check()
         self._method()
@@ -417,6 +420,10 @@ class BaseHMM(Estimator):
         store = pyro.get_param_store()
         with store.scope(), torch.no_grad():
             self._load_store()
+            yield Xpad, mask
+
+    def _posterior(self, X, lengths, marginals: bool) -> Tuple[float, Optional[np.ndarray]]:
+        with self._at_fitted_params(X, lengths) as (Xpad, mask):
             if not marginals:  # -inf for impossible data, as hmmlearn's score
                 return float(log_likelihood(self._pyro_model(), Xpad, mask)), None
             expect = self._em().e_step(Xpad, mask)
@@ -443,12 +450,7 @@ class BaseHMM(Estimator):
         if algorithm == "map":
             _, post = self.score_samples(X, lengths)
             return float(np.max(post, axis=1).sum()), np.argmax(post, axis=1)
-        self._check_fitted()
-        self._check()
-        X, lengths, Xpad, mask = self._prepare(X, lengths)
-        store = pyro.get_param_store()
-        with store.scope(), torch.no_grad():
-            self._load_store()
+        with self._at_fitted_params(X, lengths) as (Xpad, mask):
             found = decode(self._pyro_model(), Xpad, mask)
         states = found["x_0"]
         if Xpad.shape[1] > 1:
