@@ -115,7 +115,7 @@ class BatchGMMUpdates:
         centres = None if self.last is None else self.last["means"]
         refined = None if centres is None else components_to_refine(centres, self.last["inv_scale"], covariance_type)
         stats = gaussian_statistics(expect.marginal("z").transpose(-1, -2), GaussianFeatures(X, covariance_type), w,
-                                    None, centres, refined)
+                                    centres, refined)
         nk, means, cov = parameters_from_statistics(stats, self.reg_covar, covariance_type)
         new = {"weights": nk / nk.sum(-1, keepdim=True), "means": means, "covariances": cov}
         if self.active is not None and self.last is not None:

@@ -187,18 +187,13 @@ def log_gaussian_table(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Te
     return out
 
 
-def log_gaussian_prob(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Tensor,
-                      covariance_type: str) -> torch.Tensor:
-    """``log N(x_n | μ_k, Σ_k)``, shape ``(N, K)``."""
-    return log_gaussian_table(X, means, inv_scale, covariance_type).T
-
-
 @dataclass
 class GMMStatistics:
-    """Weighted sufficient statistics ``Σ_n r_nk f(x_n)``, ``(K, Q + D + 1)``: quadratic terms,
-    ``Σ r x``, ``Σ r``; plus ``log_likelihood``. Sums over data, so chunks add up.
+    """Weighted sufficient statistics ``Σ_n r_nk f(x_n)``, ``(..., K, Q + D + 1)``: quadratic terms,
+    ``Σ r x``, ``Σ r``. Sums over data, so chunks add up (``GMMUpdates.statistics`` hands them to
+    ``EM.sum_statistics`` by name).
 
-    For the components flagged in ``refined`` (``(K,)`` bool), also ``Σ r (x - c)(x - c)ᵀ`` and
+    For the components flagged in ``refined`` (``(..., K)`` bool), also ``Σ r (x - c)(x - c)ᵀ`` and
     ``Σ r (x - c)`` about ``centres`` ``c`` (their current means), computed directly: their
     scatter about the origin would cancel badly (see :func:`components_to_refine`).
     """
@@ -206,19 +201,10 @@ class GMMStatistics:
     moments: torch.Tensor
     d: int
     kind: str
-    log_likelihood: Optional[torch.Tensor] = None
     centres: Optional[torch.Tensor] = None
     refined: Optional[torch.Tensor] = None
     ref_scatter: Optional[torch.Tensor] = None
     ref_sums: Optional[torch.Tensor] = None
-
-    def __add__(self, other: "GMMStatistics") -> "GMMStatistics":
-        ll = None if self.log_likelihood is None else self.log_likelihood + other.log_likelihood
-        out = GMMStatistics(self.moments + other.moments, self.d, self.kind, ll, self.centres, self.refined)
-        if self.ref_scatter is not None:
-            out.ref_scatter = self.ref_scatter + other.ref_scatter
-            out.ref_sums = self.ref_sums + other.ref_sums
-        return out
 
 
 # Largest |μ|² tr(P) for which the full covariance is taken from moments about the origin:
@@ -239,7 +225,6 @@ def components_to_refine(means: torch.Tensor, inv_scale: torch.Tensor, covarianc
 
 def gaussian_statistics(resp_t: torch.Tensor, features: GaussianFeatures,
                         sample_weight: Optional[torch.Tensor] = None,
-                        log_likelihood: Optional[torch.Tensor] = None,
                         centres: Optional[torch.Tensor] = None,
                         refined: Optional[torch.Tensor] = None) -> GMMStatistics:
     """``R @ f(X)ᵀ`` with ``R = resp_t * w`` (``resp_t`` the ``(..., K, N)`` responsibilities, ``w``
@@ -256,7 +241,7 @@ def gaussian_statistics(resp_t: torch.Tensor, features: GaussianFeatures,
             else:
                 moments += r[..., sl] @ f.transpose(-1, -2)
     d = features.X.shape[-1]
-    stats = GMMStatistics(moments, d, features.kind, log_likelihood)
+    stats = GMMStatistics(moments, d, features.kind)
     if refined is not None and bool(refined.any()):
         stats.centres, stats.refined = centres, refined
         stats.ref_scatter = r.new_zeros(refined.shape + (d, d))

@@ -119,7 +119,7 @@ class GMMUpdates:
         if features is None or not features.matches(X):
             features = GaussianFeatures(X, covariance_type)
         centres, refined = self._refinement(covariance_type, prefix)
-        stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, None, centres, refined)
+        stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, centres, refined)
         out = {"moments": stats.moments}
         if stats.ref_scatter is not None:
             out.update(ref_scatter=stats.ref_scatter, ref_sums=stats.ref_sums)
