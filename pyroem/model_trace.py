@@ -110,27 +110,25 @@ class _SeenArguments:
     references to tensors and arrays, so that the data is never kept alive by the record)."""
 
     def __init__(self) -> None:
-        self._refs: Optional[tuple] = None
+        self._names: Optional[tuple] = None  # the keyword arguments' names
+        self._refs: tuple = ()
 
     @staticmethod
-    def _refs_of(args: tuple, kwargs: dict) -> tuple:
-        out = []
-        for v in list(args) + [kwargs[k] for k in sorted(kwargs)]:
-            try:
-                out.append(weakref.ref(v))
-            except TypeError:  # ints, strings, tuples: held as they are
-                out.append(lambda v=v: v)
-        return tuple(out) + tuple(sorted(kwargs))
+    def _ref(value):
+        try:
+            return weakref.ref(value)
+        except TypeError:  # ints, strings, tuples: held as they are
+            return lambda: value
 
     def remember(self, args: tuple, kwargs: dict) -> None:
-        self._refs = self._refs_of(args, kwargs)
+        self._names = tuple(sorted(kwargs))
+        self._refs = tuple(self._ref(v) for v in args + tuple(kwargs[k] for k in self._names))
 
     def matches(self, args: tuple, kwargs: dict) -> bool:
-        refs = self._refs
-        values = list(args) + [kwargs[k] for k in sorted(kwargs)]
-        if refs is None or len(refs) != len(values) + len(kwargs) or refs[len(values):] != tuple(sorted(kwargs)):
+        if self._names != tuple(sorted(kwargs)) or len(self._refs) != len(args) + len(kwargs):
             return False
-        return all(r() is v for r, v in zip(refs, values))
+        values = args + tuple(kwargs[k] for k in self._names)
+        return all(r() is v for r, v in zip(self._refs, values))
 
 
 @contextlib.contextmanager
