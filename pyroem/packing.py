@@ -1,7 +1,6 @@
 """Small helpers for Pyro's packed tensors (a tensor plus a ``_pyro_dims`` string, one symbol per dim)."""
 from __future__ import annotations
 
-import sys
 from typing import Dict, Iterable
 
 import torch
@@ -105,5 +104,4 @@ def pack_trace(trace) -> None:
                 packed["log_prob"] = unscaled if lp is site["unscaled_log_prob"] else _pack(lp, dim_to_symbol)
         except ValueError as e:
             shapes = trace.format_shapes(last_site=site["name"])
-            raise ValueError(f"Error while packing tensors at site '{site['name']}':\n  {e}\n{shapes}").with_traceback(
-                sys.exc_info()[2]) from e
+            raise ValueError(f"Error while packing tensors at site '{site['name']}':\n  {e}\n{shapes}") from e
