@@ -303,13 +303,12 @@ def viterbi_speculative(log_start: torch.Tensor, log_trans: torch.Tensor, log_em
                 break
         moved = todo[active.any(0)] + 1    # a block whose end changed: its successor's start did
         todo = moved[moved < n_blocks]
-    else:
-        if len(todo):
-            return (viterbi_blocked if k <= thresholds.BLOCKED_MAX_STATES else viterbi)(log_start, log_trans, log_emit, mask)
+    if len(todo):  # the corrections did not settle
+        return (viterbi_blocked if k <= thresholds.BLOCKED_MAX_STATES else viterbi)(log_start, log_trans, log_emit, mask)
     # the first maximal state at each sequence's last step
-    last = (mask.sum(-1) - 2).clamp(min=0)
-    at_end = scores.reshape(n_seq, n_blocks * c, k)[torch.arange(n_seq, device=device), last]
-    end_state = torch.where((mask.sum(-1) > 1).unsqueeze(-1), at_end, delta0).max(-1).indices
+    lengths = mask.sum(-1)
+    at_end = scores.reshape(n_seq, n_blocks * c, k)[torch.arange(n_seq, device=device), (lengths - 2).clamp(min=0)]
+    end_state = torch.where((lengths > 1).unsqueeze(-1), at_end, delta0).max(-1).indices
     # each block's map from its last state to the state before its first step
     back = same
     for s in range(c - 1, -1, -1):
