@@ -1,8 +1,11 @@
-"""scikit-learn's estimator protocol, shared by the bundled estimators."""
+"""What the bundled estimators share: scikit-learn's estimator protocol and the peers' stopping rule."""
 from __future__ import annotations
 
 import inspect
-from typing import List
+import math
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+T = TypeVar("T")
 
 
 class Estimator:
@@ -35,3 +38,67 @@ class Estimator:
                                          and type(value) is type(default))):
                 parts.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class PeerStopping:
+    """scikit-learn's and hmmlearn's stopping rule, as the callback of ``pyroem.EM.fit(...,
+    tol=None, final_m_step=True)``: the one EM loop is the engine's, the rule is the peers'.
+
+    Step ``n`` (from 1) reports ``value_n = scale · log p(X|θ_{n-1}) (+ first_offset at n = 1)`` —
+    the value computed before its M-step — and the fit ends after that M-step once the change
+    ``value_n − value_{n−1}`` is below ``tol`` (in absolute value with ``signed=False``,
+    scikit-learn; as a signed gain with ``signed=True``, hmmlearn), or when ``callback(n, value_n,
+    params)`` returns True (``params``: those ``value_n`` was computed at, as ``show`` presents
+    them). ``report(n, value, change)`` prints a verbose line. ``previous`` is the value a
+    warm start continues from.
+    """
+
+    def __init__(self, tol: float, *, signed: bool = False, scale: float = 1.0, first_offset: float = 0.0,
+                 previous: float = -math.inf, callback: Optional[Callable] = None,
+                 show: Optional[Callable] = None, report: Optional[Callable] = None) -> None:
+        self.tol, self.signed, self.scale, self.first_offset = tol, signed, scale, first_offset
+        self.previous, self.callback, self.show, self.report = previous, callback, show, report
+        self.history: List[float] = []
+        self.below_tol = False
+
+    @property
+    def iter(self) -> int:
+        """Steps reported so far."""
+        return len(self.history)
+
+    @property
+    def converged(self) -> bool:
+        """True once the last change was below ``tol``."""
+        return self.below_tol
+
+    def __call__(self, n_iter: int, log_likelihood: float, params: Dict) -> bool:
+        value = log_likelihood * self.scale + (self.first_offset if not self.history else 0.0)
+        last = self.history[-1] if self.history else self.previous
+        change = value - last
+        self.history.append(value)
+        if self.report is not None:
+            self.report(self.iter, value, change)
+        if self.history[1:] or self.previous > -math.inf:
+            self.below_tol = (change if self.signed else abs(change)) < self.tol
+        stop = False
+        if self.callback is not None:
+            stop = bool(self.callback(self.iter, value, params if self.show is None else self.show(params)))
+        return stop or self.below_tol
+
+    def run(self, em, *args, max_iter: int, data=None, progress: bool = False):
+        """``em.fit`` to at most ``max_iter`` M-steps under this rule; returns the ``EMResult``."""
+        return em.fit(*args, data=data, max_iter=max_iter, tol=None, callback=self, final_m_step=True,
+                      progress=progress)
+
+
+def best_start(n_init: int, run: Callable[[int], Tuple[float, T]]) -> Tuple[T, List[float]]:
+    """``run(i)`` for ``i < n_init`` starts, each returning ``(score, outcome)``: the outcome of the
+    highest score (the first of equal ones; a later start replaces one scored ``-inf``, as
+    scikit-learn does) and every start's score."""
+    best, best_score, scores = None, -math.inf, []
+    for i in range(n_init):
+        score, outcome = run(i)
+        scores.append(score)
+        if best is None or score > best_score or best_score == -math.inf:
+            best, best_score = outcome, score
+    return best, scores

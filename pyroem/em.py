@@ -17,6 +17,7 @@ from .expectations import Expectations
 from .handlers import unconstrained
 from .mstep import AutogradMStep, StartPoint, write_params
 from .model_trace import ModelTracer
+from .pieces import DataPieces, PassStatistics
 from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
 from .squarem import squarem_step
@@ -84,6 +85,9 @@ class EM:
         # params the autograd M-step fitted last time: the E-step traces them as autograd leaves,
         # so the M-step starts from the E-step's own trace
         self._autograd_names: Optional[Tuple[str, ...]] = None
+        #: during :meth:`fit`, the E-step of the parameters the callback sees: ``Expectations``, or
+        #: with ``data`` in pieces the statistics summed over them (``.stats``); None otherwise
+        self.last_e_step = None
 
     # -- the two halves --------------------------------------------------------------
     def e_step(self, *args, **kwargs) -> Expectations:
@@ -154,11 +158,31 @@ class EM:
         (:meth:`sum_statistics`); :meth:`solve` then takes the total."""
         if self._statistics is None:
             raise ValueError("EM.statistics needs EM(model, statistics=..., solve=...)")
-        expect = self.e_step(*args, **kwargs)
+        return self._piece_statistics(args, kwargs, "at the current parameters")[0]
+
+    def _piece_statistics(self, args: tuple, kwargs: dict, where: str) -> Tuple[Statistics, torch.dtype]:
+        expect = self._e_step(args, kwargs, where)
         out = self._summarize(expect, args, kwargs)
         out["log_likelihood"] = torch.tensor(expect.log_likelihood_value(), dtype=torch.float64,
                                              device=expect.log_likelihood.device)
-        return out
+        return out, expect.log_likelihood.dtype
+
+    def _pass(self, pieces: DataPieces, where: str) -> PassStatistics:
+        """One E-step over all the pieces, their statistics summed as they come (memory: one piece)."""
+        dtypes: List[torch.dtype] = []
+        last: List[tuple] = []
+
+        def parts():
+            for i, (args, kwargs) in enumerate(pieces):
+                try:
+                    stats, dtype = self._piece_statistics(args, kwargs, where)
+                except ValueError as err:
+                    raise ValueError(f"in piece {i} of the data: {err}") from err
+                dtypes.append(dtype)
+                last[:] = [(args, kwargs)]
+                yield stats
+        total = self.sum_statistics(parts())
+        return PassStatistics(total, dtypes[-1], *last[0])
 
     @staticmethod
     def sum_statistics(parts: Iterable[Mapping[str, torch.Tensor]]) -> Statistics:
@@ -220,11 +244,27 @@ class EM:
         self._last_step = (key, ll, n)
         return ll
 
-    def fit(self, *args, max_iter: int = 100, tol: float = 1e-8, progress: bool = False,
+    def fit(self, *args, max_iter: int = 100, tol: Optional[float] = 1e-8, progress: bool = False,
             callback: Optional[Callback] = None,
             checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None, checkpoint_every: int = 10,
-            resume: bool = False, accelerate: Optional[str] = None, **kwargs) -> EMResult:
+            resume: bool = False, accelerate: Optional[str] = None, data: Optional[Iterable] = None,
+            final_m_step: bool = False, **kwargs) -> EMResult:
         """Iterate until ``|Δ log p(y|θ)| ≤ tol · max(1, |log p(y|θ)|)`` or ``max_iter`` M-steps.
+
+        ``tol=None`` leaves the stopping to ``max_iter`` and the callback.
+
+        :param data: the data in pieces, for data too big for one E-step (or for memory): an
+            iterable that can be read again at every step — a list of tensors, ``torch.split(y, n)``,
+            a ``torch.utils.data.DataLoader`` (batches in a fixed order). Each item gives a piece's
+            leading arguments (a tuple or list, a dict of keyword arguments, or one tensor); ``args``
+            and ``kwargs`` follow them in every piece. Each step runs the E-step piece by piece,
+            sums ``statistics`` over the pieces and solves once: the same parameters as one step on
+            all the data, in the memory of one piece. Needs ``EM(model, statistics=, solve=)``;
+            ``solve`` gets the arguments of the last piece.
+        :param final_m_step: also take the M-step after the last evaluation (when the fit stops
+            by ``tol``, the callback or ``max_iter``), as scikit-learn and hmmlearn do: the
+            returned ``params`` are then one step past ``history[-1]``, not evaluated, and
+            ``max_iter`` still counts M-steps (``len(history) == n_iter``).
 
         :param accelerate: ``"squarem"`` extrapolates from every two EM steps (SQUAREM, see
             :mod:`pyroem.squarem`), with a safeguard that keeps log p(y|θ) non-decreasing; each
@@ -251,12 +291,30 @@ class EM:
             pyroem checkpoint, is truncated, or does not match the model raises ``ValueError``.
         """
         max_iter = check_max_iter(max_iter)
-        tol = check_tol(tol)
+        tol = None if tol is None else check_tol(tol)
         callback = check_callback(callback)
         path = check_checkpoint(checkpoint, checkpoint_every, resume)
         accelerate = check_accelerate(accelerate)
+        pieces = None
+        if data is not None:
+            if self._solve is None:
+                raise ValueError("EM.fit(data=...) solves the M-step from statistics summed over the pieces: "
+                                 "build the runner as EM(model, statistics=..., solve=...)")
+            pieces = DataPieces(data, args, kwargs)
+            self.tracer.ensure_probed(*pieces.first())
+        else:
+            self.tracer.ensure_probed(args, kwargs)
         self._last_step = None
-        self.tracer.ensure_probed(args, kwargs)
+        last_m = max_iter - 1 if final_m_step and max_iter > 0 else max_iter
+
+        def evaluate(where: str):
+            return self._e_step(args, kwargs, where) if pieces is None else self._pass(pieces, where)
+
+        def advance(evaluation) -> None:
+            if pieces is None:
+                self.m_step(evaluation, *args, **kwargs)
+            else:
+                self.solve(evaluation.stats, *evaluation.args, **evaluation.kwargs)
         history: List[float] = []
         n_iter = 0
         if resume:
@@ -276,7 +334,7 @@ class EM:
                     self._save(path, history, n_iter, rng)
                 phase = "e"
                 where = "at the starting parameters" if n_iter == 0 else f"after step {n_iter}"
-                expect = self._e_step(args, kwargs, where) if pending is None else pending
+                expect = evaluate(where) if pending is None else pending
                 pending = None
                 ll = expect.log_likelihood_value()
                 if (history and self.autograd_mstep.unverified
@@ -286,7 +344,7 @@ class EM:
                     self.autograd_mstep.unverified = False
                     self._restore(good.snapshot)
                     self.autograd_mstep.verify = True
-                    self.m_step(self._e_step(args, kwargs, where), *args, **kwargs)
+                    advance(evaluate(where))
                     continue
                 self.autograd_mstep.unverified = False
                 if history:
@@ -295,32 +353,43 @@ class EM:
                     bar.set_postfix(log_lik=f"{ll:.6g}", change=f"{change:.2e}")
                     # within tol after an M-step that reached a maximum of Q: a stalled inner
                     # solver also leaves the log-likelihood unchanged
-                    converged = abs(change) <= tol * max(1.0, abs(ll)) and self.autograd_mstep.stationary
+                    converged = (tol is not None and abs(change) <= tol * max(1.0, abs(ll))
+                                 and self.autograd_mstep.stationary)
                 history.append(ll)
                 good = _Good(n_iter, self._snapshot(), rng)
                 if callback is not None:
+                    self.last_e_step = expect
                     phase = "callback"
                     try:
                         stop = callback(n_iter, ll, self.params)
                     except Exception as err:  # a callback's failure must not lose the fit
                         return self._stopped(good, history, path, "callback_error",
                                              f"stopped by the callback's {err!r}")
+                    finally:
+                        self.last_e_step = None
                     if stop:
                         reason = "callback"
                         break
                 if converged:
                     reason = "converged"
                     break
-                if n_iter >= max_iter:
+                if n_iter >= last_m:
                     break
                 phase = "m"
                 if accelerate == "squarem":
                     where = f"in iteration {n_iter + 1}"
-                    pending, _ = squarem_step(
-                        expect, lambda e: self.m_step(e, *args, **kwargs),
-                        lambda: self._e_step(args, kwargs, where), self._snapshot, self._restore)
+                    pending, _ = squarem_step(expect, advance, lambda: evaluate(where), self._snapshot,
+                                              self._restore)
                 else:
-                    self.m_step(expect, *args, **kwargs)
+                    advance(expect)
+                # the E-step's tables are released before the next one (whose log-prob tables
+                # may then reuse their memory)
+                expect = None
+                n_iter += 1
+                bar.update(1)
+            if final_m_step and n_iter < max_iter:
+                phase = "m"
+                advance(expect)
                 n_iter += 1
                 bar.update(1)
         except KeyboardInterrupt:
@@ -347,6 +416,7 @@ class EM:
         finally:
             bar.close()
             self.autograd_mstep.verify = True
+            self.last_e_step = None
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason)

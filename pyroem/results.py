@@ -12,7 +12,8 @@ class EMResult:
     """Outcome of :meth:`pyroem.EM.fit`.
 
     ``history[i]`` is ``log p(y|θᵢ)`` at the parameters step ``i + 1`` started from;
-    ``log_likelihood`` is the value at the returned ``params`` (MAP sites add their log prior).
+    ``log_likelihood`` is the value at the returned ``params`` (MAP sites add their log prior),
+    ``history[-1]``; after ``fit(..., final_m_step=True)`` the params are one M-step past it.
     ``stop_reason`` says why the fit ended: ``"converged"``, ``"max_iter"``, ``"callback"`` (it
     returned True), ``"callback_error"`` (it raised) or ``"interrupted"`` (``KeyboardInterrupt``).
     """

@@ -8,23 +8,24 @@ is θ₂ itself, an ordinary EM iterate; so log p(y|θ) never decreases.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple, TypeVar
 
 import torch
 
 from .diagnostics import rounding_slack
-from .expectations import Expectations
 
 Snapshot = Dict[str, torch.Tensor]
+#: an E-step's outcome: ``Expectations``, or the statistics of one pass over data in pieces
+Evaluation = TypeVar("Evaluation")
 
 
 def _norm(d: Snapshot) -> float:
     return float(sum(float((v.double() ** 2).sum()) for v in d.values())) ** 0.5
 
 
-def squarem_step(expect0: Expectations, em_map: Callable[[Expectations], None],
-                 e_step: Callable[[], Expectations], snapshot: Callable[[], Snapshot],
-                 restore: Callable[[Snapshot], None]) -> Tuple[Expectations, int]:
+def squarem_step(expect0: Evaluation, em_map: Callable[[Evaluation], None],
+                 e_step: Callable[[], Evaluation], snapshot: Callable[[], Snapshot],
+                 restore: Callable[[Snapshot], None]) -> Tuple[Evaluation, int]:
     """One SQUAREM iteration from the parameters ``expect0`` was computed at. ``em_map`` runs an
     M-step from given expectations, ``e_step`` the E-step at the current parameters (raising
     ``ValueError`` where log p(y|θ) is not finite). Leaves the accepted parameters in the param

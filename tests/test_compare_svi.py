@@ -266,7 +266,7 @@ def test_plot_path_must_be_a_path(moth):
 
 def test_param_store_snapshot_round_trip():
     """The store goes back to its snapshot: values, constraints, removed and reshaped params."""
-    from pyroem.compare import _restore, _snapshot
+    from pyroem.compare.store import restore_store as _restore, snapshot_store as _snapshot
 
     pyro.param("p", torch.tensor([0.2, 0.3, 0.5]), constraint=constraints.simplex)
     pyro.param("s", torch.tensor(2.0), constraint=constraints.positive)

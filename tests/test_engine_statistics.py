@@ -94,3 +94,82 @@ def test_statistics_and_solve_are_checked():
         bad.statistics(y)
     with pytest.raises(ValueError, match="name different sums"):
         pyroem.EM.sum_statistics([{"a": torch.ones(1)}, {"b": torch.ones(1)}])
+
+
+def reference_fit(y, steps):
+    """``steps`` EM steps by hand from the model's start: the log-likelihoods and the last params."""
+    params, lls = {"w": [0.5, 0.5], "loc": [-1.0, 1.0], "scale": [1.0, 1.0]}, []
+    for _ in range(steps):
+        ll, params = reference_step(params, y)
+        lls.append(ll)
+    return lls, params
+
+
+@pytest.mark.parametrize("pieces", ["list", "dataloader", "dicts", "numpy"])
+def test_fit_on_data_in_pieces_is_the_fit_on_all_of_it(pieces):
+    """``EM.fit(data=...)``: every step's E-step runs piece by piece; the history and the params are
+    those of EM on all of the data (numpy by hand), with squarem too."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    y = data(301)
+    parts = list(torch.split(y, 64))
+    source = {"list": parts, "dataloader": DataLoader(TensorDataset(y), batch_size=64),
+              "dicts": [{"y": p} for p in parts], "numpy": [p.numpy() for p in parts]}[pieces]
+    pyro.clear_param_store()
+    res = pyroem.EM(mixture, statistics=statistics, solve=solve).fit(data=source, max_iter=12, tol=0.0)
+    lls, params = reference_fit(y.numpy(), 13)
+    np.testing.assert_allclose(res.history, lls, rtol=1e-12)
+    assert res.n_iter == 12 and len(res.history) == 13
+    for name in ("w", "loc", "scale"):  # after 12 steps: the params the 13th reference step started from
+        _, after = reference_fit(y.numpy(), 12)
+        np.testing.assert_allclose(res.params[name].numpy(), after[name], rtol=1e-11)
+    pyro.clear_param_store()
+    acc = pyroem.EM(mixture, statistics=statistics, solve=solve).fit(data=source, accelerate="squarem", tol=1e-12)
+    lls, _ = reference_fit(y.numpy(), 400)
+    assert acc.converged and acc.log_likelihood == pytest.approx(lls[-1], rel=1e-10)
+
+
+def test_data_in_pieces_is_checked():
+    y = data()
+    em = pyroem.EM(mixture, statistics=statistics, solve=solve)
+    with pytest.raises(ValueError, match="re-iterable"):
+        em.fit(data=(p for p in torch.split(y, 50)))
+    with pytest.raises(ValueError, match="not one array"):
+        em.fit(data=y)
+    with pytest.raises(ValueError, match="no pieces"):
+        em.fit(data=[])
+    with pytest.raises(ValueError, match="statistics=..., solve="):
+        pyroem.EM(mixture, updates).fit(data=[y])
+    bad = [y[:100], torch.full((10,), float("nan"), dtype=y.dtype)]
+    with pytest.raises(ValueError, match="piece 1 of the data"):
+        pyroem.EM(mixture, statistics=statistics, solve=solve).fit(data=bad)
+
+
+def test_final_m_step_ends_as_scikit_learn_and_hmmlearn_do():
+    """``final_m_step=True``: ``max_iter`` M-steps, one log-likelihood before each (the peers'
+    order), and the params after the last M-step (numpy by hand)."""
+    y = data()
+    pyro.clear_param_store()
+    res = pyroem.EM(mixture, updates).fit(y, max_iter=5, tol=None, final_m_step=True)
+    lls, params = reference_fit(y.numpy(), 5)
+    assert res.n_iter == 5 and res.stop_reason == "max_iter"
+    np.testing.assert_allclose(res.history, lls, rtol=1e-12)
+    for name in params:
+        np.testing.assert_allclose(res.params[name].numpy(), params[name], rtol=1e-11)
+    pyro.clear_param_store()
+    stopped = pyroem.EM(mixture, updates).fit(y, max_iter=50, callback=lambda n, ll, p: n == 2, final_m_step=True)
+    lls, params = reference_fit(y.numpy(), 3)
+    assert stopped.n_iter == 3 and stopped.stop_reason == "callback"
+    np.testing.assert_allclose(stopped.history, lls, rtol=1e-12)
+    np.testing.assert_allclose(stopped.params["loc"].numpy(), params["loc"], rtol=1e-11)
+
+
+def test_the_callback_sees_the_e_step_of_its_params():
+    y = data()
+    seen = []
+    em = pyroem.EM(mixture, updates)
+    pyro.clear_param_store()
+    em.fit(y, max_iter=3, callback=lambda n, ll, p: seen.append((ll, em.last_e_step.log_likelihood_value())))
+    assert len(seen) == 4 and all(a == b for a, b in seen) and em.last_e_step is None
+    lls, _ = reference_fit(y.numpy(), 4)
+    np.testing.assert_allclose([a for a, _ in seen], lls, rtol=1e-12)

@@ -502,16 +502,22 @@ def test_component_on_one_far_point_has_exactly_reg_covar_in_chunks():
 
 
 def test_callback_sees_every_step_and_can_end_a_run():
-    """``callback(n_iter, lower_bound, params)`` after each step: the lower bounds scikit-learn
-    reports, the means of the step in the data's coordinates; a true return ends the run."""
+    """``callback(n_iter, lower_bound, params)`` at each step: the lower bounds scikit-learn
+    reports, each with the parameters (data coordinates) it is the mean log-likelihood at (scipy);
+    a true return ends the run."""
+    from scipy.stats import multivariate_normal
+
     X = iris()
     seen = []
-    ours = GaussianMixture(3, random_state=0, callback=lambda n, lb, p: seen.append((n, lb, p["means"]))).fit(X)
+    ours = GaussianMixture(3, random_state=0, callback=lambda n, lb, p: seen.append((n, lb, p))).fit(X)
     ref = SkGaussianMixture(3, random_state=0).fit(X)
     assert [n for n, _, _ in seen] == list(range(1, ours.n_iter_ + 1))
     assert_rel([lb for _, lb, _ in seen], ours.lower_bounds_, 1e-12)
     assert_rel(ours.lower_bounds_[-1], ref.lower_bound_, 1e-9)
-    assert_rel(seen[-1][2].cpu().numpy(), ours.means_, 1e-12)
+    for _, lb, p in seen[1:]:
+        w, m, c = (p[k].cpu().numpy() for k in ("weights", "means", "covariances"))
+        dens = sum(w[k] * multivariate_normal(m[k], c[k]).pdf(X) for k in range(3))
+        assert_rel(np.log(dens).mean(), lb, 1e-10)
     with pytest.warns(ConvergenceWarning):
         stopped = GaussianMixture(3, random_state=0, callback=lambda n, lb, p: n == 2).fit(X)
     assert stopped.n_iter_ == 2 and not stopped.converged_

@@ -224,32 +224,40 @@ def _precision_parts(prec: torch.Tensor, covariance_type: str):
     return 1.0 / prec, prec.sqrt()
 
 
+class BatchStopping:
+    """scikit-learn's stopping rule member by member, as the callback of ``pyroem.EM.fit(...,
+    tol=None, final_m_step=True)``: each step reads every mixture's lower bound off the E-step
+    (``log_likelihood_by("fits")``); a mixture whose lower bound changed by less than ``tol``
+    takes that step's M-step and then keeps its parameters (``updates.active``); the fit ends
+    once every mixture has converged."""
+
+    def __init__(self, updates: BatchGMMUpdates, em, tol: float, wsum: torch.Tensor, offset: torch.Tensor) -> None:
+        b = wsum.shape[0]
+        self.updates, self.em, self.tol, self.wsum, self.offset = updates, em, tol, wsum, offset
+        self.lb = torch.full((b,), -math.inf, dtype=wsum.dtype, device=wsum.device)
+        self.n_iter = torch.zeros(b, dtype=torch.long, device=wsum.device)
+        self.converged = torch.zeros(b, dtype=torch.bool, device=wsum.device)
+        self.hist: List[torch.Tensor] = []
+
+    def __call__(self, n_iter: int, log_likelihood: float, params) -> bool:
+        active = ~self.converged
+        new_lb = self.em.last_e_step.log_likelihood_by("fits") / self.wsum + (self.offset if n_iter == 0 else 0.0)
+        self.updates.active = active
+        change = new_lb - self.lb
+        self.lb = torch.where(active, new_lb, self.lb)
+        self.hist.append(torch.where(active, new_lb, torch.nan))
+        self.n_iter = torch.where(active, torch.full_like(self.n_iter, n_iter + 1), self.n_iter)
+        self.converged = self.converged | (active & (change.abs() < self.tol))
+        return bool(self.converged.all())
+
+
 def _run_batch(em, updates, args, start, tol: float, max_iter: int, wsum: torch.Tensor):
-    """One EM run for every dataset, scikit-learn's loop per dataset: E-step (lower bound), M-step,
-    stop a dataset when its lower bound changes by less than ``tol``."""
-    b = wsum.shape[0]
-    device = wsum.device
+    """One EM run for every dataset: ``pyroem.EM.fit`` under :class:`BatchStopping`."""
     _write(args[-1], start, args[2])
     updates.active, updates.last = None, dict(start)
-    lb = torch.full((b,), -math.inf, dtype=wsum.dtype, device=device)
-    n_iter = torch.zeros(b, dtype=torch.long, device=device)
-    converged = torch.zeros(b, dtype=torch.bool, device=device)
-    hist: List[torch.Tensor] = []
-    offset = start["weights"].double().sum(-1).log().to(wsum.dtype)
-    for it in range(1, max_iter + 1):
-        active = ~converged
-        expect = em.e_step(*args)
-        new_lb = expect.log_likelihood_by("fits") / wsum + (offset if it == 1 else 0.0)
-        updates.active = active
-        em.m_step(expect, *args)
-        change = new_lb - lb
-        lb = torch.where(active, new_lb, lb)
-        hist.append(torch.where(active, new_lb, torch.nan))
-        n_iter = torch.where(active, torch.full_like(n_iter, it), n_iter)
-        converged = converged | (active & (change.abs() < tol))
-        if bool(converged.all()):
-            break
-    return dict(updates.last), n_iter, lb, hist, converged
+    rule = BatchStopping(updates, em, tol, wsum, start["weights"].double().sum(-1).log().to(wsum.dtype))
+    em.fit(*args, max_iter=max_iter, tol=None, callback=rule, final_m_step=True)
+    return dict(updates.last), rule.n_iter, rule.lb, rule.hist, rule.converged
 
 
 def fit_batch(est, X, sample_weight=None) -> list:

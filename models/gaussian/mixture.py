@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -21,11 +20,9 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
-from tqdm.auto import tqdm
-
 import pyroem
 
-from ..estimator import Estimator
+from ..estimator import Estimator, PeerStopping, best_start
 from ..exceptions import ConvergenceWarning, NotFittedError
 from ..kmeans import NumpyDraws, initial_resp
 from .batch import fit_batch
@@ -179,9 +176,10 @@ class GaussianMixture(Estimator):
     holds the mean log-likelihood at every evaluated parameter set of the kept run
     (``history_[:-1] == lower_bounds_``, ``history_[-1]`` at the returned parameters) and
     ``init_scores_`` the final lower bound of every initialization. ``callback(n_iter,
-    lower_bound, params)``, if given, is called after every EM step (``n_iter`` counts from 1 in
-    each initialization; ``params``: ``weights``, ``means``, ``covariances`` as tensors); a
-    true return value ends that initialization, unconverged.
+    lower_bound, params)``, if given, is called at every EM step with its lower bound and the
+    parameters that lower bound was computed at, those the step starts from (``n_iter`` counts
+    from 1 in each initialization; ``params``: ``weights``, ``means``, ``covariances`` as
+    tensors); a true return value ends that initialization after the step, unconverged.
     """
 
     model = staticmethod(gmm_model)
@@ -258,24 +256,18 @@ class GaussianMixture(Estimator):
         em = pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1)
         rs = check_random_state(self.random_state)
         n_init = 1 if warm else self.n_init
+
+        def run(init: int):
+            self._print_init_begin(init)
+            if warm:
+                start, lb0 = self._params_from_attributes(shift, dtype, device), self.lower_bound_
+            else:
+                start, lb0 = self._initial_params(Xc, wfit, rs, inits, shift, features), -math.inf
+            params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum, shift)
+            return lb, (params, lb, n_iter, hist, converged)
+
         try:
-            best, best_lb, scores = None, -math.inf, []
-            self.converged_ = False
-            for init in range(n_init):
-                self._print_init_begin(init)
-                if warm:
-                    start = self._params_from_attributes(shift, dtype, device)
-                    lb0 = self.lower_bound_
-                else:
-                    start = self._initial_params(Xc, wfit, rs, inits, shift, features)
-                    lb0 = -math.inf
-                params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum, shift)
-                scores.append(lb)
-                if self.max_iter == 0:
-                    best, best_n_iter, best_hist = params, 0, []
-                elif lb > best_lb or best_lb == -math.inf:
-                    best, best_lb, best_n_iter, best_hist = params, lb, n_iter, hist
-                    self.converged_ = converged
+            (best, best_lb, best_n_iter, best_hist, self.converged_), scores = best_start(n_init, run)
             if not self.converged_ and self.max_iter > 0:
                 warnings.warn("Best performing initialization did not converge. Try different init "
                               "parameters, or increase max_iter, tol, or check for degenerate data.",
@@ -358,45 +350,35 @@ class GaussianMixture(Estimator):
                 "covariances": t(self.covariances_), "inv_scale": self._inv_scale(dtype, device)}
 
     def _run(self, em, updates, args, chunks, start, lb0, wsum, shift):
-        """One EM run in scikit-learn's order: E-step (lower bound), M-step, convergence test.
-
-        The E-step is the engine's on each chunk of rows (``EM.statistics``); the M-step solves
-        from the statistics summed over the chunks (``EM.solve``).
-        """
-        _write_params(args[4], start, self.covariance_type)
-        params, lb, hist, converged, n_iter = start, lb0, [], False, 0
+        """One EM run: ``pyroem.EM.fit`` under scikit-learn's rule (:class:`PeerStopping`): the
+        lower bound of a step is the mean log-likelihood before its M-step; the E-step runs on
+        each chunk of rows and the M-step solves from the statistics summed over them."""
+        prefix = args[4]
+        _write_params(prefix, start, self.covariance_type)
         if self.max_iter == 0:
-            return params, 0, -math.inf, hist, False
+            return start, 0, -math.inf, [], False
         # scikit-learn scores the start with its weights as given: one-hot initial responsibilities
         # (k-means++, random_from_data) leave them summing to about K/N, which shifts every
         # log p(x_n) by log Σ_k weights_k; the model itself uses the normalized weights.
-        offset = math.log(float(start["weights"].double().sum()))
-        bar = tqdm(total=self.max_iter, desc="EM", leave=False, file=sys.stderr, disable=self.verbose < 1)
-        try:
-            for n_iter in range(1, self.max_iter + 1):
-                prev = lb
-                stats = pyroem.EM.sum_statistics(em.statistics(*cargs) for cargs in chunks)
-                lb = float(stats["log_likelihood"]) / wsum + (offset if n_iter == 1 else 0.0)
-                em.solve(stats, *args)
-                params = updates.last
-                hist.append(lb)
-                change = lb - prev
-                bar.set_postfix(lower_bound=f"{lb:.6g}", change=f"{change:.2e}", refresh=False)
-                bar.update(1)
-                self._print_iter_end(n_iter, change)
-                if abs(change) < self.tol:
-                    converged = True
-                if self.callback is not None:
-                    shown = {"weights": params["weights"], "means": params["means"] + shift,
-                             "covariances": params["covariances"]}
-                    if self.callback(n_iter, lb, shown) and not converged:
-                        break
-                if converged:
-                    break
-        finally:
-            bar.close()
-        self._print_init_end(lb, converged)
-        return params, n_iter, lb, hist, converged
+        offset = math.log(float(start["weights"].double().sum())) if lb0 == -math.inf else 0.0
+
+        def show(params):
+            store = {name: params[prefix + name] for name in PARAM_NAMES}
+            return {"weights": store["weights"], "means": store["means"] + shift,
+                    "covariances": covariances_from_inv_scale(store["inv_scale"], self.covariance_type)}
+
+        rule = PeerStopping(self.tol, scale=1.0 / wsum, first_offset=offset, previous=lb0, callback=self.callback,
+                            show=show, report=self._print_iter_end)
+        data = None if len(chunks) == 1 else chunks
+        result = rule.run(em, *(chunks[0] if data is None else ()), data=data, max_iter=self.max_iter,
+                          progress=self.verbose >= 1)
+        if result.stop_reason in ("interrupted", "callback_error"):  # the store holds the last evaluated θ
+            params = show(result.params)
+            params.update(means=params["means"] - shift, inv_scale=result.params[prefix + "inv_scale"])
+        else:
+            params = updates.last
+        self._print_init_end(rule.history[-1], rule.converged)
+        return params, result.n_iter, rule.history[-1], rule.history, rule.converged
 
     def _set_fitted(self, params, shift, dtype, device, d: int) -> None:
         ct = self.covariance_type
@@ -415,7 +397,7 @@ class GaussianMixture(Estimator):
         if self.verbose >= 1:
             print(f"Initialization {init}")
 
-    def _print_iter_end(self, n_iter: int, change: float) -> None:
+    def _print_iter_end(self, n_iter: int, lower_bound: float, change: float) -> None:
         if n_iter % self.verbose_interval == 0:
             if self.verbose == 1:
                 print(f"  Iteration {n_iter}")

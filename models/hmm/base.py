@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pyroem import EM, MonotonicityWarning, decode, log_likelihood
 
-from ..estimator import Estimator
+from ..estimator import Estimator, PeerStopping, best_start
 from ..exceptions import NotFittedError
 from .checks import (
     check_dtype,
@@ -42,50 +42,29 @@ DECODERS = ("viterbi", "map")
 IMPLEMENTATIONS = ("auto", "log", "scaling", "scan", "engine")
 
 
-class ConvergenceMonitor:
-    """Log-likelihood per EM step and hmmlearn's stopping rule.
+class ConvergenceMonitor(PeerStopping):
+    """hmmlearn's ``ConvergenceMonitor``: ``log p(X|θ)`` per EM step and hmmlearn's stopping rule,
+    as the callback of the engine's fit (:class:`PeerStopping` with the signed gain).
 
     ``history[i]`` is ``log p(X|θ_i)`` at the parameters step ``i + 1`` started from;
     ``converged`` is True once ``iter == n_iter`` or the last gain ``history[-1] - history[-2]``
-    is below ``tol``.
+    is below ``tol``. With ``verbose``, hmmlearn's line for every step on stderr.
     """
 
     _template = "{iter:>10d} {log_prob:>16.8f} {delta:>+16.8f}"
 
-    def __init__(self, tol: float, n_iter: int, verbose: bool) -> None:
-        self.tol = tol
+    def __init__(self, tol: float, n_iter: int, verbose: bool, callback: Optional[Callable] = None) -> None:
+        super().__init__(tol, signed=True, callback=callback, report=self._line if verbose else None)
         self.n_iter = n_iter
         self.verbose = verbose
-        self.history: List[float] = []
-        self.iter = 0
-        self._bar = None
 
     def __repr__(self) -> str:
         return (f"ConvergenceMonitor(tol={self.tol}, n_iter={self.n_iter}, iter={self.iter}, "
                 f"converged={self.converged}, history={self.history})")
 
-    def _reset(self) -> None:
-        self.iter = 0
-        self.history = []
-
-    def report(self, log_prob: float) -> None:
-        """Record ``log p(X|θ)`` of a step; with ``verbose``, hmmlearn's line under a progress bar."""
-        if self.verbose:
-            delta = log_prob - self.history[-1] if self.history else float("nan")
-            if self._bar is None:
-                self._bar = tqdm(total=self.n_iter, desc="Baum-Welch", leave=False, file=sys.stderr)
-            self._bar.write(self._template.format(iter=self.iter + 1, log_prob=log_prob, delta=delta),
-                            file=sys.stderr)
-            self._bar.set_postfix(log_lik=f"{log_prob:.6g}", change=f"{delta:.2e}", refresh=False)
-            self._bar.update(1)
-        self.history.append(float(log_prob))
-        self.iter += 1
-
-    def close(self) -> None:
-        """End the progress bar of a verbose fit."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def _line(self, n_iter: int, log_prob: float, delta: float) -> None:
+        delta = delta if n_iter > 1 else float("nan")
+        tqdm.write(self._template.format(iter=n_iter, log_prob=log_prob, delta=delta), file=sys.stderr)
 
     @property
     def converged(self) -> bool:
@@ -125,9 +104,10 @@ class BaseHMM(Estimator):
     chain tables; from 1024 steps on, blocks of the sequence decoded at once from guessed starts
     and corrected, about 4 √T sequential steps).
 
-    ``callback(n_iter, log_prob, params)``, if given, is called after every Baum-Welch step
-    (``n_iter`` counts from 1 in each initialization; ``params``: the parameters as tensors by
-    name); a true return value ends that initialization.
+    ``callback(n_iter, log_prob, params)``, if given, is called at every Baum-Welch step with
+    its ``log p(X|θ)`` and the parameters θ it was computed at, those the step starts from
+    (``n_iter`` counts from 1 in each initialization; ``params``: tensors by name); a true
+    return value ends that initialization after the step.
     """
 
     #: parameter codes: one letter per fitted parameter, e.g. "s" startprob, "t" transmat.
@@ -323,19 +303,13 @@ class BaseHMM(Estimator):
         return EM(self._pyro_model(), updates=self._updates, max_plate_nesting=2)
 
     def _fit_em(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
-        """Baum-Welch: ``pyroem.EM`` steps with hmmlearn's stopping rule (``monitor_``)."""
+        """Baum-Welch: the engine's ``EM.fit`` under hmmlearn's stopping rule (``monitor_``)."""
         store = pyro.get_param_store()
         with store.scope(), warnings.catch_warnings():
             if self._is_map():
                 warnings.simplefilter("ignore", MonotonicityWarning)
             self._load_store()
-            em = self._em()
-            for _ in range(self.n_iter):
-                log_prob = em.step(Xpad, mask)
-                self.monitor_.report(log_prob)
-                stop = self.callback is not None and self.callback(self.monitor_.iter, log_prob, em.params)
-                if self.monitor_.converged or stop:
-                    break
+            self.monitor_.run(self._em(), Xpad, mask, max_iter=self.n_iter, progress=bool(self.verbose))
             self._read_store()
 
     def fit(self, X, lengths=None) -> "BaseHMM":
@@ -358,34 +332,30 @@ class BaseHMM(Estimator):
         attrs = [attr for attr, _ in self._all_params().values()]
         given = {a: getattr(self, a) for a in attrs if hasattr(self, a)}
         rs, seed = random_state_of(self.random_state), self.random_state
-        best = None
+
+        def run(_: int):
+            for a in attrs:
+                if a in given:
+                    setattr(self, a, given[a])
+                elif hasattr(self, a):
+                    delattr(self, a)
+            self.random_state = int(rs.randint(np.iinfo(np.int32).max))
+            self._fit_once(X, lengths, Xpad, mask)
+            return self.score(X, lengths), ({a: getattr(self, a) for a in attrs}, self.monitor_)
+
         try:
-            for _ in range(n_init):
-                for a in attrs:
-                    if a in given:
-                        setattr(self, a, given[a])
-                    elif hasattr(self, a):
-                        delattr(self, a)
-                self.random_state = int(rs.randint(np.iinfo(np.int32).max))
-                self._fit_once(X, lengths, Xpad, mask)
-                score = self.score(X, lengths)
-                if best is None or score > best[0]:
-                    best = (score, {a: getattr(self, a) for a in attrs}, self.monitor_)
+            (fitted, self.monitor_), _ = best_start(n_init, run)
         finally:
             self.random_state = seed
-        for a, value in best[1].items():
+        for a, value in fitted.items():
             setattr(self, a, value)
-        self.monitor_ = best[2]
         return self
 
     def _fit_once(self, X: np.ndarray, lengths: np.ndarray, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
         self._init(X, lengths)
         self._check()
-        self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose)
-        try:
-            self._fit_em(Xpad, mask)
-        finally:
-            self.monitor_.close()
+        self.monitor_ = ConvergenceMonitor(self.tol, self.n_iter, self.verbose, self.callback)
+        self._fit_em(Xpad, mask)
 
     @property
     def history_(self) -> List[float]:
