@@ -1,6 +1,7 @@
 """The EM runner: ``EM(model, updates).step(...)`` / ``.fit(...)``, the EM counterpart of ``pyro.infer.SVI``."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -17,6 +18,7 @@ from .expectations import Expectations
 from .handlers import unconstrained
 from .mstep import AutogradMStep, StartPoint, write_params
 from .model_trace import ModelTracer
+from .distributed import DataParallel
 from .pieces import DataPieces, PassStatistics
 from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
@@ -88,6 +90,7 @@ class EM:
         #: during :meth:`fit`, the E-step of the parameters the callback sees: ``Expectations``, or
         #: with ``data`` in pieces the statistics summed over them (``.stats``); None otherwise
         self.last_e_step = None
+        self._parallel: Optional[DataParallel] = None
 
     # -- the two halves --------------------------------------------------------------
     def e_step(self, *args, **kwargs) -> Expectations:
@@ -150,7 +153,10 @@ class EM:
         return dict(stats)
 
     def _statistics_then_solve(self, expect: Expectations, *args, **kwargs) -> Mapping[str, torch.Tensor]:
-        return self._solve(self._summarize(expect, args, kwargs), *args, **kwargs)
+        stats = self._summarize(expect, args, kwargs)
+        if self._parallel is not None:
+            stats = self._parallel.sum_dict(stats)
+        return self._solve(stats, *args, **kwargs)
 
     def statistics(self, *args, **kwargs) -> Statistics:
         """The E-step on one piece of data summarized: ``statistics(expect, *args, **kwargs)``, plus
@@ -308,7 +314,17 @@ class EM:
         last_m = max_iter - 1 if final_m_step and max_iter > 0 else max_iter
 
         def evaluate(where: str):
-            return self._e_step(args, kwargs, where) if pieces is None else self._pass(pieces, where)
+            if pieces is None:
+                local = functools.partial(self._e_step, args, kwargs, where)
+            else:
+                local = functools.partial(self._pass, pieces, where)
+            if parallel is None:
+                return local()
+            out = parallel.agree(local, f"the E-step {where}")
+            if pieces is None:
+                return out.sum_over_ranks(parallel.sum_float(out.log_likelihood_value()))
+            out.stats = parallel.sum_dict(out.stats)
+            return out
 
         def advance(evaluation) -> None:
             if pieces is None:
@@ -325,7 +341,9 @@ class EM:
         pending: Optional[Expectations] = None  # SQUAREM's E-step at the point it accepted
         self.autograd_mstep.verify = False  # exact updates are checked by the next E-step instead
         self.autograd_mstep.unverified = False
-        bar = tqdm(total=max_iter, initial=min(n_iter, max_iter), desc="EM", disable=not progress, leave=False)
+        parallel = self._data_parallel()
+        bar = tqdm(total=max_iter, initial=min(n_iter, max_iter), desc="EM", leave=False,
+                   disable=not progress or (parallel is not None and parallel.rank != 0))
         try:
             while True:
                 rng = torch.get_rng_state() if path is not None else None
@@ -417,9 +435,32 @@ class EM:
             bar.close()
             self.autograd_mstep.verify = True
             self.last_e_step = None
+            self._leave_data_parallel()
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason)
+
+    # -- data-parallel fits ------------------------------------------------------------
+    def _data_parallel(self) -> Optional[DataParallel]:
+        """The process group of a data-parallel fit (None in one process): sums over data points
+        are all-reduced, and a MAP site's prior counts 1/ranks on each rank (once in all)."""
+        parallel = DataParallel.current()
+        if parallel is None:
+            return None
+        if self.updates is not None and self._solve is None:
+            raise ValueError(
+                f"this fit runs on {parallel.world_size} ranks of torch.distributed, each with a shard of the data: "
+                "give the closed-form M-step as EM(model, statistics=..., solve=...), whose statistics are "
+                "sums over data points (all-reduced), or leave it to the engine; updates=... sees one shard only")
+        self.autograd_mstep.reduce = parallel.sum
+        self.tracer.shared_scale = 1.0 / parallel.world_size
+        self._parallel = parallel
+        return parallel
+
+    def _leave_data_parallel(self) -> None:
+        self.autograd_mstep.reduce = None
+        self.tracer.shared_scale = None
+        self._parallel = None
 
     # -- helpers ---------------------------------------------------------------------
     def _names(self) -> Tuple[str, ...]:
@@ -436,6 +477,9 @@ class EM:
 
     def _save(self, path: str, history: List[float], n_iter: int, rng: Optional[torch.Tensor],
               converged: bool = False, reason: str = "running") -> None:
+        parallel = DataParallel.current()
+        if parallel is not None and parallel.rank != 0:  # every rank holds the same state: rank 0 writes it
+            return
         state = Checkpoint.capture(self._names(), history, n_iter,
                                    torch.get_rng_state() if rng is None else rng, converged, reason)
         save_checkpoint(path, state)

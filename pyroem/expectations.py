@@ -25,6 +25,7 @@ class Expectations:
         self._start = start  # the trace with autograd leaves the M-step starts from, if taken
         self._cache: Dict[Tuple[str, ...], torch.Tensor] = {}
         self._by_latent: Optional[Dict[str, List[Block]]] = None
+        self._all_ranks: Optional[float] = None  # log p(y|θₙ) of every rank's shard, in a data-parallel fit
 
     @property
     def log_likelihood(self) -> torch.Tensor:
@@ -43,8 +44,14 @@ class Expectations:
 
     def log_likelihood_value(self) -> float:
         """``log p(y|θₙ)`` as a Python float, its terms summed in float64 whatever their dtype
-        (a float32 total cannot resolve the small changes of a late EM step)."""
-        return self._e.total
+        (a float32 total cannot resolve the small changes of a late EM step). In a data-parallel
+        fit, the total over every rank's shard (``log_likelihood`` is this rank's part)."""
+        return self._e.total if self._all_ranks is None else self._all_ranks
+
+    def sum_over_ranks(self, total: float) -> "Expectations":
+        """Record ``log p(y|θₙ)`` summed over the ranks of a data-parallel fit; returns ``self``."""
+        self._all_ranks = float(total)
+        return self
 
     def log_likelihood_by(self, plate: str) -> torch.Tensor:
         """``log p(y_i | θₙ)`` for each element i of ``plate``, shape ``(plate size,)``.

@@ -168,6 +168,8 @@ class ModelTracer:
         self.param_names: Tuple[str, ...] = ()
         self.map_sites: Tuple[str, ...] = ()
         self.vectorized_chain = False
+        #: in a data-parallel fit, 1/ranks: each rank's trace weighs the MAP sites' priors by it
+        self.shared_scale: Optional[float] = None
         self._probed = False
         self._validated = _SeenArguments()
 
@@ -295,6 +297,10 @@ class ModelTracer:
             trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
             # vectorized Markov chains, by name: the E-step contracts them along time
             trace.markov_chains = dict(self._policy.chains)
+            if self.shared_scale is not None:
+                for site in trace.nodes.values():
+                    if site["type"] == "sample" and is_map_site(site):
+                        site["scale"] = site["scale"] * self.shared_scale
             compute_log_prob(trace)
         if not again and dist.is_validation_enabled():
             self._validated.remember(args, kwargs)

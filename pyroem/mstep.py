@@ -9,7 +9,7 @@ iteration. A step that would lower Q is undone, so every step is a (generalized)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import pyro
 import torch
@@ -108,13 +108,23 @@ class AutogradMStep:
         self.stationary = True
         self.verify = True
         self.unverified = False
+        #: sums over the ranks of a data-parallel fit (None: one process)
+        self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def _total(self, q: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """A value of Q summed over the ranks; None where it is infeasible on some rank."""
+        if self.reduce is None:
+            return q
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        total = self.reduce(nan if q is None else q.detach().double())
+        return total if bool(torch.isfinite(total)) else None
 
     def __call__(self, names: List[str], qf: QFunction, start: Optional[StartPoint] = None) -> None:
         store = pyro.get_param_store()
         kinds = {n: param_constraint(n, store) for n in names}
         if start is None or set(start.leaves) != set(names):
             start = StartPoint.take(names, qf.trace)
-        exact = probability_updates(start.trace, qf.expect.site_weights(), start.values, kinds)
+        exact = probability_updates(start.trace, qf.expect.site_weights(), start.values, kinds, self.reduce)
         new_u = {n: _finite_unconstrained(v, kinds[n]) for n, v in exact.items()}
         rest = [n for n in names if n not in exact]
         stationary = True
@@ -123,7 +133,11 @@ class AutogradMStep:
                 q0 = qf.value(start.trace)
                 xs = [start.leaves[n] for n in rest]
                 g0 = torch.autograd.grad(q0, xs, create_graph=True, allow_unused=True)
-            bad = [n for n, g in zip(rest, g0) if g is not None and not bool(torch.isfinite(g).all())]
+            finite = [g is None or bool(torch.isfinite(g).all()) for g in g0]
+            if self.reduce is not None:  # every rank learns where a gradient is not finite
+                finite = (self.reduce(torch.tensor([0.0 if f else 1.0 for f in finite], dtype=torch.float64,
+                                                   device=q0.device)) == 0).tolist()
+            bad = [n for n, ok in zip(rest, finite) if not ok]
             if bad:
                 raise ValueError(
                     f"the gradient of Q with respect to {', '.join(repr(n) for n in bad)} is not "
@@ -141,8 +155,8 @@ class AutogradMStep:
                 values.update({n: t(u) for n, t, u in zip(rest, transforms, us)})
                 return qf.try_value(values)
 
-            out = maximize(f, xs, first=(q0, g0))
-            start_value = float(q0.detach())
+            out = maximize(f, xs, first=(q0, g0), reduce=self.reduce)
+            start_value = float(q0.detach()) if self.reduce is None else float(self.reduce(q0.detach()))
             if out is None or out.value < start_value - rounding_slack(start_value, q0.dtype):
                 stationary = False
             else:
@@ -150,10 +164,10 @@ class AutogradMStep:
                 stationary = out.stationary
         elif self.verify and new_u:
             with torch.no_grad():
-                q0 = qf.value(start.trace)
+                q0 = self._total(qf.value(start.trace))
                 values = {n: transform_to(kinds[n])(u) for n, u in new_u.items()}
-                q1 = qf.try_value(values)
-            if q1 is None or float(q1) < float(q0) - rounding_slack(float(q0), q0.dtype):
+                q1 = self._total(qf.try_value(values))
+            if q0 is None or q1 is None or float(q1) < float(q0) - rounding_slack(float(q0), q0.dtype):
                 new_u, stationary = {}, False
         with torch.no_grad():
             for n, u in new_u.items():

@@ -4,6 +4,8 @@ search, so that every accepted step raises the function; L-BFGS for blocks too l
 
 ``f(xs)`` returns the value at ``xs`` with its autograd graph, or None where the point is
 infeasible (a distribution rejected it); infeasible or non-finite trial points shorten the step.
+``reduce`` sums a value, gradient or Hessian over the ranks of a data-parallel fit (each rank's
+``f`` covers its shard of the data), so every rank takes the same steps.
 """
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ from . import thresholds
 
 Objective = Callable[[List[torch.Tensor]], Optional[torch.Tensor]]
 First = Tuple[torch.Tensor, Sequence[Optional[torch.Tensor]]]
+Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _total(reduce: Reduce, t: torch.Tensor) -> torch.Tensor:
+    return t.detach() if reduce is None else reduce(t.detach())
 
 
 @dataclass
@@ -86,50 +93,68 @@ def _direction(g: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
     return evecs[:, keep] @ coef
 
 
-def _evaluate(f: Objective, xs: List[torch.Tensor]):
-    """``(value, gradient)`` at ``xs`` with the gradient's graph kept, or None where ``f`` rejects
-    the point or either is not finite (a parameter driven onto its support's boundary)."""
+def _totals(q: Optional[torch.Tensor], g: Optional[torch.Tensor], xs: List[torch.Tensor], reduce: Reduce):
+    """``(value, gradient)`` summed over the ranks, or None where either is not finite on some rank."""
+    if reduce is None:
+        if q is None or not bool(torch.isfinite(q.detach())) or not bool(torch.isfinite(g.detach()).all()):
+            return None
+        return q.detach(), g.detach()
+    dtype = xs[0].dtype
+    value = torch.tensor(float("nan"), dtype=dtype, device=xs[0].device) if q is None else q.detach()
+    grad = torch.zeros(sum(x.numel() for x in xs), dtype=dtype, device=xs[0].device) if g is None else g.detach()
+    total = reduce(torch.cat([value.reshape(1), grad]))
+    if not bool(torch.isfinite(total).all()):
+        return None
+    return total[0], total[1:]
+
+
+def _evaluate(f: Objective, xs: List[torch.Tensor], reduce: Reduce = None):
+    """``(value, gradient, total value, total gradient)`` at ``xs``, the local ones with the
+    gradient's graph kept, or None where ``f`` rejects the point or either is not finite (a
+    parameter driven onto its support's boundary)."""
     with torch.enable_grad():
         q = f(xs)
-        if q is None or not bool(torch.isfinite(q.detach())):
-            return None
-        g = _gradient(q, xs, create_graph=True)
-    if not bool(torch.isfinite(g.detach()).all()):
-        return None
-    return q, g
+        g = None
+        if q is not None and bool(torch.isfinite(q.detach())):
+            g = _gradient(q, xs, create_graph=True)
+        else:
+            q = None
+    totals = _totals(q, g, xs, reduce)
+    return None if totals is None else (q, g) + totals
 
 
-def _start(f: Objective, xs: List[torch.Tensor], first: Optional[First]):
-    """``(xs, value, gradient)`` at the start: ``first`` where the caller has them (``xs`` are then
-    the leaves of their graph), else one evaluation of ``f``."""
+def _start(f: Objective, xs: List[torch.Tensor], first: Optional[First], reduce: Reduce = None):
+    """``(xs, value, gradient, total value, total gradient)`` at the start: ``first`` where the
+    caller has them (``xs`` are then the leaves of their graph), else one evaluation of ``f``."""
     if first is None:
         xs = _leaves(xs)
-        out = _evaluate(f, xs)
+        out = _evaluate(f, xs, reduce)
         return None if out is None else (xs,) + out
     q, grads = first
-    if not bool(torch.isfinite(q.detach())):
-        return None
     g = _flat([torch.zeros_like(x) if gi is None else gi for x, gi in zip(xs, grads)])
-    return (list(xs), q, g) if bool(torch.isfinite(g.detach()).all()) else None
+    totals = _totals(q, g, list(xs), reduce)
+    return None if totals is None else (list(xs), q, g) + totals
 
 
 def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
-                    max_evals: int = 200, first: Optional[First] = None) -> Optional[Outcome]:
+                    max_evals: int = 200, first: Optional[First] = None, reduce: Reduce = None) -> Optional[Outcome]:
     """Maximize ``f`` from ``xs``; None when ``f`` or its gradient cannot be evaluated at ``xs``.
     ``first``: the value and gradient (with its graph) at ``xs``, where already computed."""
-    start = _start(f, xs, first)
+    start = _start(f, xs, first, reduce)
     if start is None:
         return None
-    xs, q, g = start
-    eps = torch.finfo(q.dtype).eps
+    xs, q, g, q_total, g_total = start
+    eps = torch.finfo(q_total.dtype).eps
     stationary, evals = False, 1
     for _ in range(max_iter):
         with torch.enable_grad():
             h = _hessian(g, xs)
-        g = g.detach()
+        if reduce is not None:
+            h = reduce(h)
+        g = g_total
         d = _direction(g, h)
         decrement = float(g @ d)
-        value = float(q.detach())
+        value = float(q_total)
         rounding = 1e3 * eps * max(1.0, abs(value))
         if not decrement > 0:  # a zero gradient
             stationary = decrement == 0
@@ -146,24 +171,34 @@ def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
             if evals >= max_evals:
                 break
             trial = _leaves(_unflat(x0 + t * d, xs))
-            out = _evaluate(f, trial)
+            out = _evaluate(f, trial, reduce)
             evals += 1
-            if out is not None and float(out[0].detach()) >= value + 1e-4 * t * decrement:
+            if out is not None and float(out[2]) >= value + 1e-4 * t * decrement:
                 accepted = (trial,) + out
                 break
             t *= 0.5
         if accepted is None:
             break
-        xs, q, g = accepted
-    return Outcome([x.detach() for x in xs], float(q.detach()), stationary)
+        xs, q, g, q_total, g_total = accepted
+    return Outcome([x.detach() for x in xs], float(q_total), stationary)
 
 
-def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200) -> Optional[Outcome]:
+def _value(f: Objective, xs: List[torch.Tensor], reduce: Reduce) -> Optional[torch.Tensor]:
+    """``f`` at ``xs`` without a graph, summed over the ranks; None where infeasible on some rank."""
+    with torch.no_grad():
+        q = f(xs)
+    if reduce is None:
+        return q
+    q = reduce(torch.tensor(float("nan"), dtype=xs[0].dtype, device=xs[0].device) if q is None else q)
+    return q if bool(torch.isfinite(q)) else None
+
+
+def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200, reduce: Reduce = None
+                   ) -> Optional[Outcome]:
     """Maximize ``f`` by L-BFGS (strong Wolfe line search) from ``xs``; infeasible trial points
     count as -inf, so the line search backs off from them."""
     xs = _leaves(xs)
-    with torch.no_grad():
-        q0 = f(xs)
+    q0 = _value(f, xs, reduce)
     if q0 is None:
         return None
     start = float(q0)
@@ -179,21 +214,28 @@ def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200) ->
         opt.zero_grad(set_to_none=True)
         with torch.enable_grad():
             q = f(xs)
-            if q is None:
-                return bad
-            loss = -(q - start) / norm
-            loss.backward()
+            if q is not None:
+                loss = -q / norm
+                loss.backward()
         for x in xs:
             if x.grad is None:
                 x.grad = torch.zeros_like(x)
-            elif not bool(torch.isfinite(x.grad).all()):
+        if reduce is None:
+            if q is None or not all(bool(torch.isfinite(x.grad).all()) for x in xs):
                 return bad
-        return loss.detach()
+            return -(q.detach() - start) / norm
+        nan = torch.tensor(float("nan"), dtype=q0.dtype, device=q0.device)
+        total = _total(reduce, torch.cat([(nan if q is None else q.detach()).reshape(1)]
+                                         + [x.grad.reshape(-1) for x in xs]))
+        if not bool(torch.isfinite(total).all()):
+            return bad
+        for x, g in zip(xs, _unflat(total[1:], xs)):  # the gradients of -q / norm, summed
+            x.grad.copy_(g)
+        return -(total[0] - start) / norm
 
     opt.step(closure)
     out = [x.detach().clone() for x in xs]
-    with torch.no_grad():
-        q1 = f(out)
+    q1 = _value(f, out, reduce)
     if q1 is None or float(q1) < start:
         return None
     state = opt.state[opt._params[0]]
@@ -201,8 +243,9 @@ def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200) ->
     return Outcome(out, float(q1), stationary)
 
 
-def maximize(f: Objective, xs: List[torch.Tensor], first: Optional[First] = None) -> Optional[Outcome]:
+def maximize(f: Objective, xs: List[torch.Tensor], first: Optional[First] = None,
+             reduce: Reduce = None) -> Optional[Outcome]:
     """Newton for small blocks, L-BFGS for large ones (which start afresh from ``xs``)."""
     if sum(x.numel() for x in xs) <= thresholds.NEWTON_MAX_SIZE:
-        return newton_maximize(f, xs, first=first)
-    return lbfgs_maximize(f, [x.detach() for x in xs])
+        return newton_maximize(f, xs, first=first, reduce=reduce)
+    return lbfgs_maximize(f, [x.detach() for x in xs], reduce=reduce)

@@ -18,7 +18,7 @@ through those selections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import torch
 from pyro.distributions import (Bernoulli, Beta, Binomial, Categorical, Dirichlet, Exponential, Normal, Poisson,
@@ -247,9 +247,12 @@ def _vjp(outputs: List[torch.Tensor], cotangents: List[torch.Tensor],
 
 def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
                         leaves: Dict[str, torch.Tensor],
-                        kinds: Mapping[str, constraints.Constraint]) -> Dict[str, torch.Tensor]:
+                        kinds: Mapping[str, constraints.Constraint],
+                        reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """Closed-form maximizers of Q for the parameters among ``leaves`` (constrained values that
-    are autograd leaves of ``trace``) that qualify; see the module docstring."""
+    are autograd leaves of ``trace``) that qualify; see the module docstring. ``reduce`` sums
+    the counts over the ranks of a data-parallel fit."""
+    total = _summed(reduce)
     supported = (constraints.simplex, constraints.unit_interval, constraints.positive, constraints.real)
     names = [n for n, c in kinds.items() if n in leaves and any(c is k for k in supported)]
     if not names:
@@ -303,7 +306,7 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
             tainted.add(leaf_ids[id(lp)])
     eligible = [n for n in names if n not in tainted and len(selected.get(n, ())) == 1]
     normal = _normal_updates([n for n in eligible if selected[n] & {"loc", "scale"}], uses, use_selects,
-                             leaves, kinds, priors)
+                             leaves, kinds, priors, total)
     eligible = [n for n in eligible if not selected[n] & {"loc", "scale"}]
     if not eligible:
         return normal
@@ -319,18 +322,19 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
         x = leaves[name].detach()
         prior = priors.get(name, ())
         constraint = kinds[name]
+        # a MAP site's prior enters once in a data-parallel fit: each rank's carries 1/ranks
         if constraint is constraints.simplex and kind == "categorical" and x.dim() >= 1 and x.shape[-1] >= 2:
-            counts = first[kind][i] + prior[0] if prior else first[kind][i]
+            counts = total(first[kind][i] + prior[0] if prior else first[kind][i], x)
             counts = counts.clamp_min(0)
             new = _normalized(counts, counts.sum(-1, keepdim=True), x)
         elif constraint is constraints.unit_interval and kind == "binary":
             a, b = first[kind][i], second[kind][i]
             if prior:
                 a, b = a + prior[0], b + prior[1]
-            a, b = a.clamp_min(0), b.clamp_min(0)
+            a, b = total(a, x).clamp_min(0), total(b, x).clamp_min(0)
             new = _normalized(a, a + b, x)
         elif constraint is constraints.positive and kind == "rate" and not prior:
-            a, b = first[kind][i], second[kind][i]
+            a, b = total(first[kind][i], x), total(second[kind][i], x)
             new = a / b if bool((b > 0).all() & (a > 0).all()) else None
         else:
             new = None
@@ -340,9 +344,19 @@ def probability_updates(trace: Trace, weights: Mapping[str, torch.Tensor],
     return out
 
 
+def _summed(reduce: Optional[Callable[[torch.Tensor], torch.Tensor]]):
+    """``total(t, like)``: ``t`` summed over the ranks (``None``, for a parameter no site of this
+    rank reached, counts as zeros shaped ``like``); ``t`` itself in one process."""
+    def total(t: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
+        if reduce is None:
+            return t
+        return reduce(torch.zeros_like(like) if t is None else t)
+    return total
+
+
 def _normal_updates(names: List[str], uses: List[_Use], use_selects: List[Set[str]],
                     leaves: Dict[str, torch.Tensor], kinds: Mapping[str, constraints.Constraint],
-                    priors: Mapping[str, tuple]) -> Dict[str, torch.Tensor]:
+                    priors: Mapping[str, tuple], total) -> Dict[str, torch.Tensor]:
     """Exact maximizers for ``Normal`` locations (real params) and scales (positive params):
 
     - a location whose sites have a fixed scale: ``μ = μₙ + Σ w d / s² / Σ w / s²``;
@@ -391,7 +405,8 @@ def _normal_updates(names: List[str], uses: List[_Use], use_selects: List[Set[st
     xs = [leaves[n] for n in plan]
     with torch.no_grad():
         def vjp(group, key):
-            return dict(zip(plan, _vjp([u.param for u, _ in group], [u.stats[key] for u, _ in group], xs)))
+            sums = _vjp([u.param for u, _ in group], [u.stats[key] for u, _ in group], xs)
+            return {n: total(v, x) for n, v, x in zip(plan, sums, xs)}
         loc_w, loc_wd, loc_wd2 = vjp(loc_uses, "w"), vjp(loc_uses, "wd"), vjp(loc_uses, "wd2")
         loc_wd_s2, loc_w_s2 = vjp(loc_uses, "wd_s2"), vjp(loc_uses, "w_s2")
         scale_w, scale_wd2 = vjp(scale_uses, "w"), vjp(scale_uses, "wd2")

@@ -135,7 +135,7 @@ def test_a_stalled_inner_solver_never_ends_a_fit_as_converged(monkeypatch):
     """Where Newton cannot move the parameters, log p(y|θ) stays put: that is no convergence."""
     import pyroem.mstep as mstep
 
-    monkeypatch.setattr(mstep, "maximize", lambda f, xs, first=None: None)
+    monkeypatch.setattr(mstep, "maximize", lambda f, xs, first=None, reduce=None: None)
     m, args = _start("zip_regression")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pyroem.MonotonicityWarning)

@@ -21,6 +21,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
 import pyroem
+from pyroem.distributed import DataParallel
 
 from ..estimator import Estimator, PeerStopping, best_start
 from ..exceptions import ConvergenceWarning, NotFittedError
@@ -245,9 +246,16 @@ class GaussianMixture(Estimator):
             if Xfit.shape[0] < k:
                 raise ValueError(f"only {Xfit.shape[0]} samples have a positive sample_weight, fewer than "
                                  f"n_components = {k}")
-        shift = Xfit.mean(0)
+        # under torch.distributed each rank holds a shard: the centre, the total weight and the
+        # start (drawn on rank 0) are shared; the engine all-reduces the statistics
+        parallel = DataParallel.current()
+        wsum = float(Xfit.shape[0]) if wfit is None else float(wfit.sum())
+        if parallel is None:
+            shift = Xfit.mean(0)
+        else:
+            total = parallel.sum(torch.cat([Xfit.sum(0), Xfit.new_tensor([Xfit.shape[0]])]))
+            shift, wsum = total[:-1] / total[-1], parallel.sum_float(wsum)
         Xc = Xfit - shift
-        wsum = float(Xc.shape[0]) if wfit is None else float(wfit.sum())
         prefix = f"GaussianMixture{next(_fit_ids)}."
         features = GaussianFeatures(Xc, self.covariance_type)
         args = (Xc, k, self.covariance_type, wfit, prefix, features)
@@ -263,6 +271,8 @@ class GaussianMixture(Estimator):
                 start, lb0 = self._params_from_attributes(shift, dtype, device), self.lower_bound_
             else:
                 start, lb0 = self._initial_params(Xc, wfit, rs, inits, shift, features), -math.inf
+                if parallel is not None:
+                    start = {name: parallel.broadcast(value) for name, value in start.items()}
             params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum, shift)
             return lb, (params, lb, n_iter, hist, converged)
 
@@ -278,7 +288,7 @@ class GaussianMixture(Estimator):
                 expect = em.e_step(*cargs)
                 final = expect.log_likelihood if final is None else final + expect.log_likelihood
                 parts.append(expect.marginal("z").T.max(0).indices)
-            final_ll = float(final) / wsum
+            final_ll = (float(final) if parallel is None else parallel.sum_float(float(final))) / wsum
             labels = torch.cat(parts)
         finally:
             _drop_params(prefix)
