@@ -64,3 +64,21 @@ def test_em_vs_svi_example(tmp_path):
     assert " EM allele frequencies: p_C = 0.07084, p_I = 0.18874, p_T = 0.74043" in out
     assert "SVI allele frequencies: p_C = 0.07084, p_I = 0.18874, p_T = 0.74043" in out
     assert out.count("-600.480983") >= 3
+
+
+def test_distributed_gmm_example_under_torchrun_fits_as_one_process(tmp_path):
+    """``torchrun --nproc_per_node=2`` (two gloo processes, half of the data each) prints the fit
+    that one process prints on all of it."""
+    one = run_example("distributed_gmm.py", tmp_path).replace(str(tmp_path), "DIR")
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(EXAMPLES, "distributed_gmm.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    two = proc.stdout.replace(str(tmp_path), "DIR")
+    assert one.splitlines()[0].startswith("1 process(es), 200000") and two.splitlines()[0].startswith("2 process(es)")
+    assert one.splitlines()[1:] == two.splitlines()[1:]
+    assert_png(os.path.join(str(tmp_path), "distributed_gmm.png"))
+    # the three simulated centres (-3, 0), (0, 3), (3, 0) with unit scales
+    means = [ln for ln in one.splitlines() if ln.strip().startswith("component")]
+    assert len(means) == 3 and all("scale 0.99" in ln or "scale 1.00" in ln for ln in means)
