@@ -7,6 +7,7 @@ from .em import EM
 from .expectations import Expectations
 from .functional import log_likelihood, posterior
 from .markov import vectorized_markov
+from .online import StepwiseStatistics
 from .results import EMResult
 from .donation import donate
 
@@ -19,6 +20,7 @@ __all__ = [
     "EMResult",
     "Expectations",
     "MonotonicityWarning",
+    "StepwiseStatistics",
     "compare_svi",
     "decode",
     "donate",

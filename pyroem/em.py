@@ -19,7 +19,8 @@ from .handlers import unconstrained
 from .mstep import AutogradMStep, StartPoint, write_params
 from .model_trace import ModelTracer
 from .distributed import DataParallel
-from .pieces import DataPieces, PassStatistics
+from .online import StepSize, StepwiseStatistics, check_step_size
+from .pieces import Batches, DataPieces, PassStatistics
 from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
 from .squarem import squarem_step
@@ -254,7 +255,8 @@ class EM:
             callback: Optional[Callback] = None,
             checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None, checkpoint_every: int = 10,
             resume: bool = False, accelerate: Optional[str] = None, data: Optional[Iterable] = None,
-            final_m_step: bool = False, **kwargs) -> EMResult:
+            final_m_step: bool = False, batch_size: Optional[int] = None, step_size: Optional[StepSize] = None,
+            **kwargs) -> EMResult:
         """Iterate until ``|Δ log p(y|θ)| ≤ tol · max(1, |log p(y|θ)|)`` or ``max_iter`` M-steps.
 
         ``tol=None`` leaves the stopping to ``max_iter`` and the callback.
@@ -267,6 +269,15 @@ class EM:
             sums ``statistics`` over the pieces and solves once: the same parameters as one step on
             all the data, in the memory of one piece. Needs ``EM(model, statistics=, solve=)``;
             ``solve`` gets the arguments of the last piece.
+        :param batch_size: read the in-memory arguments in batches of this many rows, as pieces
+            (every tensor argument whose first dimension has the length of the first one is split).
+        :param step_size: online (stepwise) EM over the pieces or batches (see :mod:`pyroem.online`):
+            the parameters are solved after every batch from running statistics blended with step
+            sizes ``γ_t = (t + 2)^(−step_size)`` (an exponent in (0.5, 1]; or a callable ``t ↦ γ_t``);
+            batches are drawn in a new random order at every pass. ``max_iter`` then counts passes
+            and ``history[i]`` is the sum over pass ``i``'s batches of ``log p(batch|θ)`` at the θ
+            each batch met (not monotone); the fit stops when it changes by at most ``tol``
+            relatively. A fast start for big data: follow it with a batch fit.
         :param final_m_step: also take the M-step after the last evaluation (when the fit stops
             by ``tol``, the callback or ``max_iter``), as scikit-learn and hmmlearn do: the
             returned ``params`` are then one step past ``history[-1]``, not evaluated, and
@@ -301,15 +312,15 @@ class EM:
         callback = check_callback(callback)
         path = check_checkpoint(checkpoint, checkpoint_every, resume)
         accelerate = check_accelerate(accelerate)
-        pieces = None
-        if data is not None:
-            if self._solve is None:
-                raise ValueError("EM.fit(data=...) solves the M-step from statistics summed over the pieces: "
-                                 "build the runner as EM(model, statistics=..., solve=...)")
-            pieces = DataPieces(data, args, kwargs)
+        pieces = self._pieces(data, batch_size, step_size, args, kwargs)
+        if pieces is not None:
             self.tracer.ensure_probed(*pieces.first())
         else:
             self.tracer.ensure_probed(args, kwargs)
+        if step_size is not None:
+            if accelerate is not None or path is not None or final_m_step:
+                raise ValueError("online EM (step_size=...) takes neither accelerate, checkpoint nor final_m_step")
+            return self._fit_online(pieces, check_step_size(step_size), max_iter, tol, callback, progress)
         self._last_step = None
         last_m = max_iter - 1 if final_m_step and max_iter > 0 else max_iter
 
@@ -439,6 +450,76 @@ class EM:
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason)
+
+    # -- data in pieces, online EM ------------------------------------------------------
+    def _pieces(self, data, batch_size, step_size, args: tuple, kwargs: dict):
+        """The pieces a fit reads (None: all of the data at once)."""
+        if batch_size is not None:
+            if data is not None:
+                raise ValueError("give either data=... (its items are the batches) or batch_size=..., not both")
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if data is None and batch_size is None:
+            if step_size is not None:
+                raise ValueError("online EM (step_size=...) needs mini-batches: give batch_size=... or data=...")
+            return None
+        if self._solve is None:
+            raise ValueError("a fit on data in pieces (data=, batch_size=) solves the M-step from statistics summed "
+                             "over the pieces: build the runner as EM(model, statistics=..., solve=...)")
+        if data is not None:
+            return DataPieces(data, args, kwargs)
+        return Batches(args, kwargs, batch_size, shuffle=step_size is not None)
+
+    def online_step(self, state: StepwiseStatistics, *args, **kwargs) -> float:
+        """One step of online EM on a mini-batch: its statistics at the current params are blended
+        into ``state`` and the params solved from the result; returns ``log p(batch|θ)``."""
+        if self._solve is None:
+            raise ValueError("online EM needs EM(model, statistics=..., solve=...)")
+        parallel = self._parallel or DataParallel.current()
+
+        def local():
+            return self._piece_statistics(args, kwargs, "at the current parameters")[0]
+
+        stats = local() if parallel is None else parallel.sum_dict(parallel.agree(local, "the E-step of a batch"))
+        self.solve(state.update(stats), *args, **kwargs)
+        return float(stats["log_likelihood"])
+
+    def _fit_online(self, pieces, gamma: Callable[[int], float], max_iter: int, tol: Optional[float],
+                    callback: Optional[Callback], progress: bool) -> EMResult:
+        """Passes of online EM over ``pieces`` (see :meth:`fit`)."""
+        if max_iter < 1:
+            raise ValueError("online EM counts passes over the data: max_iter must be >= 1")
+        self._data_parallel()
+        count = pieces.count()
+        state = StepwiseStatistics(gamma, scale=1.0 if count is None else count)
+        history: List[float] = []
+        converged, reason, n_pass = False, "max_iter", 0
+        bar = tqdm(total=max_iter, desc="online EM", leave=False, disable=not progress)
+        try:
+            for n_pass in range(1, max_iter + 1):
+                before = self._snapshot()
+                try:
+                    total = sum(self.online_step(state, *a, **kw) for a, kw in pieces)
+                except KeyboardInterrupt:
+                    self._restore(before)
+                    warnings.warn(f"online EM interrupted in pass {n_pass}; returning the parameters after "
+                                  f"pass {n_pass - 1} with converged=False", RuntimeWarning, stacklevel=3)
+                    return EMResult(self.params, history[-1] if history else float("nan"), history,
+                                    n_pass - 1, False, "interrupted")
+                bar.update(1)
+                if history and tol is not None:
+                    converged = abs(total - history[-1]) <= tol * max(1.0, abs(total))
+                history.append(total)
+                if callback is not None and callback(n_pass, total, self.params):
+                    reason = "callback"
+                    break
+                if converged:
+                    reason = "converged"
+                    break
+        finally:
+            bar.close()
+            self._leave_data_parallel()
+        return EMResult(self.params, history[-1], history, n_pass, converged, reason)
 
     # -- data-parallel fits ------------------------------------------------------------
     def _data_parallel(self) -> Optional[DataParallel]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, Mapping, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -12,8 +12,9 @@ Arguments = Tuple[tuple, Dict[str, Any]]
 
 def _tensor(value: Any) -> Any:
     """NumPy arrays (memory maps included) become tensors; everything else is passed on as is."""
-    if isinstance(value, np.ndarray):
-        return torch.as_tensor(np.ascontiguousarray(value))
+    if isinstance(value, np.ndarray):  # a read-only or strided view (a memory map) is read into memory
+        writable = value.flags.writeable and value.flags.c_contiguous
+        return torch.as_tensor(value if writable else np.array(value, order="C"))
     return value
 
 
@@ -52,8 +53,48 @@ class DataPieces:
         if empty:
             raise ValueError("data has no pieces: EM.fit(data=...) needs at least one")
 
+    def count(self) -> Optional[int]:
+        """The number of pieces, where the data says (a list, a DataLoader); else None."""
+        try:
+            return len(self.data)
+        except TypeError:
+            return None
+
     def first(self) -> Arguments:
         """The arguments of the first piece (what the model is probed with)."""
+        return next(iter(self))
+
+
+class Batches:
+    """In-memory arguments read in batches of ``batch_size`` rows: every tensor argument whose
+    first dimension has the length of the first tensor argument is split along it (the rest are
+    passed whole); ``shuffle`` draws a new order of the rows (torch's RNG) at every pass."""
+
+    def __init__(self, args: tuple, kwargs: Dict[str, Any], batch_size: int, shuffle: bool) -> None:
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0]
+        if not tensors:
+            raise ValueError("batch_size splits the model's tensor arguments along their first dimension, "
+                             "but the fit got no tensor argument")
+        self.n = tensors[0].shape[0]
+        self.args, self.kwargs, self.batch_size, self.shuffle = args, kwargs, batch_size, shuffle
+        self.data = range(0, self.n, batch_size)  # one entry per batch, for count()
+
+    def _split(self, value: Any, rows) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.n:
+            return value[rows if isinstance(rows, slice) else rows.to(value.device)]
+        return value
+
+    def __iter__(self) -> Iterator[Arguments]:
+        order = torch.randperm(self.n) if self.shuffle else None
+        for start in range(0, self.n, self.batch_size):
+            rows = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            yield (tuple(self._split(a, rows) for a in self.args),
+                   {k: self._split(v, rows) for k, v in self.kwargs.items()})
+
+    def count(self) -> int:
+        return len(self.data)
+
+    def first(self) -> Arguments:
         return next(iter(self))
 
 

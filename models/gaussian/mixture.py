@@ -90,23 +90,25 @@ def gmm_model(X: torch.Tensor, n_components: int, covariance_type: str = "full",
 class GMMUpdates:
     """Closed-form M-step for :func:`gmm_model`: ``pyroem.EM(gmm_model, updates=GMMUpdates())``,
     or in two halves for data in chunks, ``pyroem.EM(gmm_model, statistics=u.statistics,
-    solve=u.solve)``.
+    solve=u.solve)``; ``per_point=True`` gives statistics averaged over a batch's points (online EM).
 
     From ``r_nk = w_n p(z_n=k | x_n)``: ``weights = n_k / Σ n_k``, ``means`` the weighted means,
     covariances the weighted scatter plus ``reg_covar`` on the diagonal. ``last`` keeps the
     values of the latest update (covariances included).
     """
 
-    def __init__(self, reg_covar: float = 1e-6) -> None:
+    def __init__(self, reg_covar: float = 1e-6, per_point: bool = False) -> None:
         self.reg_covar = reg_covar
+        self.per_point = per_point
         self.last: Optional[Dict[str, torch.Tensor]] = None
 
-    @staticmethod
-    def _refinement(covariance_type: str, prefix: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _refinement(self, covariance_type: str, prefix: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """The current means and the components whose scatter is taken about them (see
-        :func:`components_to_refine`), read from the param store: the same for every chunk."""
+        :func:`components_to_refine`), read from the param store: the same for every chunk.
+        Per-point statistics (online EM) blend batches taken at different means: raw moments only."""
         store = pyro.get_param_store()
-        if covariance_type == "full" and prefix + "means" in store and prefix + "inv_scale" in store:
+        if (not self.per_point and covariance_type == "full" and prefix + "means" in store
+                and prefix + "inv_scale" in store):
             centres = store[prefix + "means"].detach()
             return centres, components_to_refine(centres, store[prefix + "inv_scale"].detach(), covariance_type)
         return None, None
@@ -118,6 +120,8 @@ class GMMUpdates:
             features = GaussianFeatures(X, covariance_type)
         centres, refined = self._refinement(covariance_type, prefix)
         stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, centres, refined)
+        if self.per_point:  # averages over the batch's points: online EM blends batches of any size
+            return {"moments": stats.moments / stats.moments[:, -1].sum()}
         out = {"moments": stats.moments}
         if stats.ref_scatter is not None:
             out.update(ref_scatter=stats.ref_scatter, ref_sums=stats.ref_sums)
@@ -181,6 +185,7 @@ class GaussianMixture(Estimator):
     parameters that lower bound was computed at, those the step starts from (``n_iter`` counts
     from 1 in each initialization; ``params``: ``weights``, ``means``, ``covariances`` as
     tensors); a true return value ends that initialization after the step, unconverged.
+    ``partial_fit`` runs online EM on mini-batches, with step sizes ``(t + 2)^(−step_size)``.
     """
 
     model = staticmethod(gmm_model)
@@ -189,7 +194,8 @@ class GaussianMixture(Estimator):
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
                  weights_init=None, means_init=None, precisions_init=None, random_state=None,
                  warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
-                 device=None, dtype=None, chunk_size: Optional[int] = None, callback=None) -> None:
+                 device=None, dtype=None, chunk_size: Optional[int] = None, callback=None,
+                 step_size: float = 0.6) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -208,11 +214,63 @@ class GaussianMixture(Estimator):
         self.dtype = dtype
         self.chunk_size = chunk_size
         self.callback = callback
+        self.step_size = step_size
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
         """Fit by EM (``n_init`` starts, the best lower bound kept); returns ``self``."""
+        self._online = None
         self.fit_predict(X, y, sample_weight=sample_weight)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
+        """One step of online (stepwise) EM on the mini-batch ``X``; returns ``self``.
+
+        The batch's statistics, averaged over its points at the current parameters, are blended
+        into running ones with step size ``(t + 2)^(−step_size)`` and the parameters solved from
+        them (``pyroem.EM.online_step``). The first call (or the first after ``fit``) starts from
+        this batch: ``init_params`` on it, or the fitted parameters. ``lower_bound_`` is the
+        batch's mean log-likelihood before the step, ``n_iter_`` counts the batches.
+        """
+        check_hyper_parameters(self)
+        online = getattr(self, "_online", None)
+        if online is None or not hasattr(self, "means_"):
+            dtype, device = resolve_dtype(self.dtype, X), resolve_device(self.device, X)
+        else:
+            dtype, device = self._target()
+        Xt = check_X(X, dtype, device, min_samples=1, n_features=getattr(self, "n_features_in_", None))
+        w = check_sample_weight(sample_weight, Xt.shape[0], dtype, device)
+        k, d = self.n_components, Xt.shape[1]
+        if online is None:
+            if hasattr(self, "means_"):  # continue from a fit
+                shift = torch.as_tensor(self._shift, dtype=dtype, device=device)
+                start = self._params_from_attributes(shift, dtype, device)
+            else:
+                if Xt.shape[0] < k:
+                    raise ValueError(f"the first batch has {Xt.shape[0]} samples, fewer than n_components = {k}")
+                shift = Xt.mean(0)
+                start = self._initial_params(Xt - shift, w, check_random_state(self.random_state),
+                                             self._check_inits(d, dtype, device), shift)
+            updates = GMMUpdates(self.reg_covar, per_point=True)
+            online = self._online = {
+                "updates": updates, "shift": shift, "params": start, "n_iter": 0,
+                "prefix": f"GaussianMixture{next(_fit_ids)}.",
+                "em": pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1),
+                "state": pyroem.StepwiseStatistics(self.step_size)}
+        prefix = online["prefix"]
+        Xc = Xt - online["shift"]
+        wsum = float(Xc.shape[0]) if w is None else float(w.sum())
+        _write_params(prefix, online["params"], self.covariance_type)
+        try:
+            ll = online["em"].online_step(online["state"], Xc, k, self.covariance_type, w, prefix)
+        finally:
+            _drop_params(prefix)
+        online["params"] = online["updates"].last
+        online["n_iter"] += 1
+        self._set_fitted(online["params"], online["shift"], dtype, device, d)
+        self.lower_bound_ = ll / wsum
+        self.n_iter_ = online["n_iter"]
+        self.converged_ = False
         return self
 
     def fit_batch(self, X, sample_weight=None) -> List["GaussianMixture"]:
