@@ -4,7 +4,7 @@ pieces, and online EM against batch EM.
 1. **Streamed**: N rows of D float32 columns in a memory-mapped ``.npy`` file, read in pieces of
    ``--piece`` rows (``EM.fit(data=[X[a:b] for ...])``): seconds per pass, and the peak of the
    process's anonymous memory (sampled every 20 ms from ``/proc/self/status``) against the data's
-   size. scikit-learn's ``GaussianMixture`` (float64, all rows in memory, the same start) gives
+   size, for each piece size. scikit-learn's ``GaussianMixture`` (float64, all rows in memory, the same start) gives
    its time per EM step. A subset check fits the first ``--subset`` rows in memory and in pieces
    from one start and prints the largest difference between the two histories.
 2. **Online**: ``--online-n`` rows; batch EM to convergence gives the optimum; then batch EM and
@@ -42,7 +42,9 @@ def model(X: torch.Tensor, k: int) -> None:
 
 
 def statistics(expect, X, k):
-    r = expect.marginal("z")                                    # (N, K)
+    """Sums over the piece's rows, in float64: the covariance is the difference of the second
+    moments and the means' products, and float32 sums of many rows lose its digits."""
+    r, X = expect.marginal("z").double(), X.double()            # (N, K), (N, D)
     return {"n": r.sum(0), "sx": r.T @ X, "sxx": torch.einsum("nk,ni,nj->kij", r, X, X)}
 
 
@@ -51,7 +53,7 @@ def solve(stats, X, k):
     loc = stats["sx"] / n.unsqueeze(1)
     cov = stats["sxx"] / n[:, None, None] - loc.unsqueeze(2) * loc.unsqueeze(1)
     cov = cov + 1e-6 * torch.eye(cov.shape[-1], dtype=cov.dtype)
-    return {"w": n / n.sum(), "loc": loc, "tril": torch.linalg.cholesky(cov)}
+    return {"w": (n / n.sum()).to(X.dtype), "loc": loc.to(X.dtype), "tril": torch.linalg.cholesky(cov).to(X.dtype)}
 
 
 def start(X: np.ndarray, k: int, seed: int = 0) -> dict:
@@ -122,21 +124,21 @@ def mib(n_bytes: float) -> str:
 # -- the two parts ---------------------------------------------------------------------------
 def streamed(args) -> None:
     X = simulate(os.path.join(args.dir, f"bench_big_data_{args.n}x{args.d}.npy"), args.n, args.d, args.k)
-    pieces = [X[a:a + args.piece] for a in range(0, len(X), args.piece)]
     init = start(X, args.k)
-    em = pyroem.EM(model, statistics=statistics, solve=solve)
-    set_params(init)
-    base = _rss_anon()
-    with PeakAnonymousMemory() as mem:
-        t0 = time.perf_counter()
-        res = em.fit(args.k, data=pieces, max_iter=args.passes, tol=None)
-        seconds = (time.perf_counter() - t0) / (args.passes + 1)
     print(f"streamed: N={args.n:,} D={args.d} K={args.k} float32 memory-mapped ({mib(X.nbytes)} of data), "
-          f"pieces of {args.piece:,} rows, torch threads {torch.get_num_threads()}")
-    print(f"  {seconds:.2f} s per pass (E-step over every piece + solve); mean log-lik "
-          f"{res.history[0] / args.n:.5f} -> {res.history[-1] / args.n:.5f} in {args.passes} steps")
-    print(f"  peak anonymous memory {mib(mem.peak)} ({mib(mem.peak - base)} above the start), "
-          f"data {mib(X.nbytes)}")
+          f"torch threads {torch.get_num_threads()}")
+    for size in args.piece:
+        pieces = [X[a:a + size] for a in range(0, len(X), size)]
+        em = pyroem.EM(model, statistics=statistics, solve=solve)
+        set_params(init)
+        base = _rss_anon()
+        with PeakAnonymousMemory() as mem:
+            t0 = time.perf_counter()
+            res = em.fit(args.k, data=pieces, max_iter=args.passes, tol=None)
+            seconds = (time.perf_counter() - t0) / (args.passes + 1)
+        print(f"  pieces of {size:,} rows: {seconds:.2f} s per pass (E-step over every piece + solve); "
+              f"mean log-lik {res.history[0] / args.n:.5f} -> {res.history[-1] / args.n:.5f} in {args.passes} "
+              f"steps; peak anonymous memory {mib(mem.peak - base)} above the start (data {mib(X.nbytes)})")
 
     # subset check, in float64 (the float32 second moments above lose digits to cancellation in
     # any summation order): in memory and in pieces, one start
@@ -212,7 +214,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000_000)
     p.add_argument("--d", type=int, default=8)
     p.add_argument("--k", type=int, default=16)
-    p.add_argument("--piece", type=int, default=250_000)
+    p.add_argument("--piece", type=int, nargs="+", default=[50_000, 250_000], help="rows per piece")
     p.add_argument("--passes", type=int, default=2, help="EM steps of the streamed fit")
     p.add_argument("--subset", type=int, default=200_000)
     p.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True)

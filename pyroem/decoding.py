@@ -13,6 +13,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import infer_discrete
 
+from .arguments import tensor_arguments
 from .chains import chain_of, chain_tables, markov_path
 from .estep import factor_components
 from .factors import build_blocks, single_leaf
@@ -36,6 +37,7 @@ class Decoding:
         return self.values[site]
 
 
+@tensor_arguments
 def decode(model: Callable, *args, **kwargs) -> Decoding:
     """The most probable joint assignment of the model's enumerated latents given its observations,
     at the current params (``pyroem.posterior`` gives the marginals instead)."""

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Uni
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import tensor_arguments
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .diagnostics import check_monotone, explain_nonfinite, rounding_slack
 from .estep import contract_trace
@@ -21,6 +22,7 @@ from .model_trace import ModelTracer
 from .distributed import DataParallel
 from .online import StepSize, StepwiseStatistics, check_step_size
 from .pieces import Batches, DataPieces, PassStatistics
+from .pieces_mstep import maximize_over_pieces
 from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
 from .squarem import squarem_step
@@ -94,13 +96,16 @@ class EM:
         self._parallel: Optional[DataParallel] = None
 
     # -- the two halves --------------------------------------------------------------
+    @tensor_arguments
     def e_step(self, *args, **kwargs) -> Expectations:
         """Posterior expectations at the current params; raises if ``log p(y|θ)`` is not finite."""
         return self._e_step(args, kwargs, "at the current parameters")
 
-    def _e_step(self, args: tuple, kwargs: dict, where: str) -> Expectations:
+    def _e_step(self, args: tuple, kwargs: dict, where: str, for_m_step: bool = True) -> Expectations:
         self.tracer.ensure_probed(args, kwargs)
         names = self.tracer.names() if self.updates is None else self._autograd_names
+        if not for_m_step:  # no autograd leaves: this E-step's trace starts no M-step
+            names = None
         start = None
         if names:
             start = StartPoint.take(names, lambda values: self.tracer.trace(args, kwargs, values=values))
@@ -119,6 +124,7 @@ class EM:
             raise ValueError(f"log p(y|θ) is {value} {where}: {why}")
         return expect
 
+    @tensor_arguments
     def q(self, expect: Expectations, *args, **kwargs) -> torch.Tensor:
         """``Q(θ|θₙ)`` at the current params, differentiable with respect to them."""
         subsample = self.tracer.subsample_indices(expect.trace)
@@ -126,6 +132,7 @@ class EM:
             trace = self.tracer.trace(args, kwargs, subsample)
             return expected_log_joint(trace, expect)
 
+    @tensor_arguments
     def m_step(self, expect: Expectations, *args, **kwargs) -> None:
         """Closed-form updates first, then L-BFGS on Q for every param they left out (ECM)."""
         names = list(self.tracer.names())
@@ -159,6 +166,7 @@ class EM:
             stats = self._parallel.sum_dict(stats)
         return self._solve(stats, *args, **kwargs)
 
+    @tensor_arguments
     def statistics(self, *args, **kwargs) -> Statistics:
         """The E-step on one piece of data summarized: ``statistics(expect, *args, **kwargs)``, plus
         the piece's ``log p(y|θ)`` (float64) under ``"log_likelihood"``. Pieces add up
@@ -168,8 +176,9 @@ class EM:
         return self._piece_statistics(args, kwargs, "at the current parameters")[0]
 
     def _piece_statistics(self, args: tuple, kwargs: dict, where: str) -> Tuple[Statistics, torch.dtype]:
-        expect = self._e_step(args, kwargs, where)
-        out = self._summarize(expect, args, kwargs)
+        """One piece's statistics and ``log p(piece|θ)`` (only the latter for the autograd M-step)."""
+        expect = self._e_step(args, kwargs, where, for_m_step=False)
+        out = self._summarize(expect, args, kwargs) if self._statistics is not None else {}
         out["log_likelihood"] = torch.tensor(expect.log_likelihood_value(), dtype=torch.float64,
                                              device=expect.log_likelihood.device)
         return out, expect.log_likelihood.dtype
@@ -203,6 +212,7 @@ class EM:
             raise ValueError("sum_statistics got no pieces")
         return total
 
+    @tensor_arguments
     def solve(self, stats: Mapping[str, torch.Tensor], *args, **kwargs) -> None:
         """The M-step from statistics summed over the pieces of the data: ``solve(stats, *args,
         **kwargs)`` must give every fitted parameter (no single trace holds all the data for
@@ -228,6 +238,7 @@ class EM:
         """Current constrained values of the fitted params (after the first step or fit)."""
         return {k: v.detach() for k, v in self.tracer.params().items()}
 
+    @tensor_arguments
     def step(self, *args, **kwargs) -> float:
         """One E+M step; returns ``log p(y|θ)`` at the θ it started from (like ``SVI.step``).
 
@@ -251,6 +262,7 @@ class EM:
         self._last_step = (key, ll, n)
         return ll
 
+    @tensor_arguments
     def fit(self, *args, max_iter: int = 100, tol: Optional[float] = 1e-8, progress: bool = False,
             callback: Optional[Callback] = None,
             checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None, checkpoint_every: int = 10,
@@ -267,8 +279,9 @@ class EM:
             leading arguments (a tuple or list, a dict of keyword arguments, or one tensor); ``args``
             and ``kwargs`` follow them in every piece. Each step runs the E-step piece by piece,
             sums ``statistics`` over the pieces and solves once: the same parameters as one step on
-            all the data, in the memory of one piece. Needs ``EM(model, statistics=, solve=)``;
-            ``solve`` gets the arguments of the last piece.
+            all the data, in the memory of one piece; ``solve`` gets the arguments of the last
+            piece. Without ``statistics``/``solve`` the autograd M-step maximizes the sum of the
+            pieces' Q by L-BFGS, piece by piece (:mod:`pyroem.pieces_mstep`; slower).
         :param batch_size: read the in-memory arguments in batches of this many rows, as pieces
             (every tensor argument whose first dimension has the length of the first one is split).
         :param step_size: online (stepwise) EM over the pieces or batches (see :mod:`pyroem.online`):
@@ -340,8 +353,10 @@ class EM:
         def advance(evaluation) -> None:
             if pieces is None:
                 self.m_step(evaluation, *args, **kwargs)
-            else:
+            elif self._solve is not None:
                 self.solve(evaluation.stats, *evaluation.args, **evaluation.kwargs)
+            else:
+                self.autograd_mstep.stationary = maximize_over_pieces(self.tracer, pieces)
         history: List[float] = []
         n_iter = 0
         if resume:
@@ -463,13 +478,22 @@ class EM:
             if step_size is not None:
                 raise ValueError("online EM (step_size=...) needs mini-batches: give batch_size=... or data=...")
             return None
-        if self._solve is None:
-            raise ValueError("a fit on data in pieces (data=, batch_size=) solves the M-step from statistics summed "
-                             "over the pieces: build the runner as EM(model, statistics=..., solve=...)")
+        if self.updates is not None and self._solve is None:
+            raise ValueError("updates=... sees one piece of the data at a time: for data in pieces (data=, "
+                             "batch_size=) give the closed-form M-step as EM(model, statistics=..., solve=...), "
+                             "or leave it to the engine's autograd M-step")
+        if self._solve is None and step_size is not None:
+            raise ValueError("online EM (step_size=...) blends statistics of mini-batches: build the runner as "
+                             "EM(model, statistics=..., solve=...)")
+        if self._solve is None and DataParallel.current() is not None:
+            raise ValueError("data in pieces on several ranks of torch.distributed needs EM(model, statistics=..., "
+                             "solve=...); the autograd M-step runs on data in pieces in one process, or on "
+                             "each rank's shard given whole")
         if data is not None:
             return DataPieces(data, args, kwargs)
         return Batches(args, kwargs, batch_size, shuffle=step_size is not None)
 
+    @tensor_arguments
     def online_step(self, state: StepwiseStatistics, *args, **kwargs) -> float:
         """One step of online EM on a mini-batch: its statistics at the current params are blended
         into ``state`` and the params solved from the result; returns ``log p(batch|θ)``."""

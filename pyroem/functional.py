@@ -5,11 +5,13 @@ from typing import Callable, Dict
 
 import torch
 
+from .arguments import tensor_arguments
 from .estep import contract_trace
 from .expectations import Expectations
 from .model_trace import ModelTracer
 
 
+@tensor_arguments
 def log_likelihood(model: Callable, *args, **kwargs) -> torch.Tensor:
     """Exact ``log p(y|θ)`` (plus the log prior of MAP sites), differentiable in the params."""
     tracer = ModelTracer(model)
@@ -17,6 +19,7 @@ def log_likelihood(model: Callable, *args, **kwargs) -> torch.Tensor:
     return contract_trace(trace, differentiable=True).log_likelihood
 
 
+@tensor_arguments
 def posterior(model: Callable, *args, **kwargs) -> Dict[str, torch.Tensor]:
     """``{latent site: p(x_site = k | y, θ)}``, each of shape ``batch + (K,)``."""
     tracer = ModelTracer(model)

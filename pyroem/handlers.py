@@ -107,6 +107,34 @@ def _share_broadcast_logits(fn) -> None:
         fn.__dict__["logits"] = probs_to_logits(compact).expand(probs.shape)
 
 
+def _base(fn):
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def _float_observation(msg: dict) -> None:
+    """Integer or boolean observations (0/1 answers, counts read as int64) of a distribution that
+    scores them as real numbers — a continuous one, or Bernoulli, Binomial, Poisson, Geometric,
+    NegativeBinomial, Multinomial; not the categorical ones, which index by them — are read as
+    floats of the distribution's own float type."""
+    value = msg["value"]
+    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex():
+        return
+    base = _base(msg["fn"])
+    counts = (torch.distributions.Bernoulli, torch.distributions.Binomial, torch.distributions.Poisson,
+              torch.distributions.Geometric, torch.distributions.NegativeBinomial, torch.distributions.Multinomial)
+    try:
+        continuous = not base.support.is_discrete
+    except NotImplementedError:
+        return
+    if not (continuous or isinstance(base, counts)):
+        return
+    dtype = next((t.dtype for t in base.__dict__.values() if isinstance(t, torch.Tensor) and t.is_floating_point()),
+                 torch.get_default_dtype())
+    msg["value"] = value.to(dtype)
+
+
 class LatentPolicy(Messenger):
     """Enumerate finite discrete latents, point-estimate continuous global latents.
 
@@ -124,6 +152,8 @@ class LatentPolicy(Messenger):
         self.chains: Dict[str, MarkovChain] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] and not msg["done"]:
+            _float_observation(msg)
         if msg["is_observed"] or msg["done"] or is_subsample_site(msg):
             return
         fn = msg["fn"]

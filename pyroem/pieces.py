@@ -7,15 +7,14 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from .arguments import as_tensor
+
 Arguments = Tuple[tuple, Dict[str, Any]]
 
 
 def _tensor(value: Any) -> Any:
-    """NumPy arrays (memory maps included) become tensors; everything else is passed on as is."""
-    if isinstance(value, np.ndarray):  # a read-only or strided view (a memory map) is read into memory
-        writable = value.flags.writeable and value.flags.c_contiguous
-        return torch.as_tensor(value if writable else np.array(value, order="C"))
-    return value
+    """NumPy arrays (memory maps included) and pandas objects become tensors (:func:`as_tensor`)."""
+    return as_tensor(value)
 
 
 class DataPieces:

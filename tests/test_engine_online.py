@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyroem
-from test_engine_statistics import mixture, reference_fit, reference_step, solve, statistics
+from test_engine_statistics import mixture, reference_fit, reference_step, solve, statistics, updates
 
 
 def big_data(n=100_000, seed=0):
@@ -64,8 +64,10 @@ def test_online_em_arguments_are_checked():
         em.fit(y, batch_size=0)
     with pytest.raises(ValueError, match="takes neither"):
         em.fit(y, batch_size=100, step_size=0.6, accelerate="squarem")
-    with pytest.raises(ValueError, match="statistics=..., solve="):
-        pyroem.EM(mixture).fit(y, batch_size=100)
+    with pytest.raises(ValueError, match="sees one piece"):
+        pyroem.EM(mixture, updates).fit(y, batch_size=100)
+    with pytest.raises(ValueError, match="blends statistics"):
+        pyroem.EM(mixture).fit(y, batch_size=100, step_size=0.6)
 
 
 def test_gaussian_mixture_partial_fit_reaches_scikit_learns_optimum():

@@ -173,3 +173,27 @@ def test_the_callback_sees_the_e_step_of_its_params():
     assert len(seen) == 4 and all(a == b for a, b in seen) and em.last_e_step is None
     lls, _ = reference_fit(y.numpy(), 4)
     np.testing.assert_allclose([a for a, _ in seen], lls, rtol=1e-12)
+
+
+def test_autograd_m_step_on_data_in_pieces_reaches_the_optimum():
+    """No closed form: the pieces' Q summed and maximized piece by piece by L-BFGS; the fit climbs
+    to the maximum likelihood found by scipy on all of the data."""
+    from scipy.optimize import minimize
+
+    y = data(301)
+    pyro.clear_param_store()
+    plain = pyroem.EM(mixture).fit(data=torch.split(y, 64), max_iter=5)
+    assert all(b > a for a, b in zip(plain.history, plain.history[1:]))   # each step climbs
+    pyro.clear_param_store()
+    res = pyroem.EM(mixture).fit(data=torch.split(y, 151), max_iter=200, tol=1e-10, accelerate="squarem")
+    assert res.converged
+
+    def neg(theta):
+        w = 1 / (1 + np.exp(-theta[0]))
+        joint = np.stack([np.log(w) + norm.logpdf(y.numpy(), theta[1], np.exp(theta[3])),
+                          np.log1p(-w) + norm.logpdf(y.numpy(), theta[2], np.exp(theta[4]))], 1)
+        return -logsumexp(joint, axis=1).sum()
+
+    best = minimize(neg, np.array([0.0, -1.5, 1.5, 0.0, 0.0]), method="BFGS", options={"gtol": 1e-8})
+    assert res.log_likelihood == pytest.approx(-best.fun, abs=1e-6)
+    np.testing.assert_allclose(sorted(res.params["loc"].numpy()), sorted(best.x[1:3]), atol=1e-4)
