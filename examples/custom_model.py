@@ -5,18 +5,27 @@ zero (the latent indicator is 1 and y = 0 for sure); otherwise y ~ Poisson(exp(b
 The indicator is a ``pyro.sample`` site without ``obs``: pyroem enumerates it in the E-step
 and fits ``pi``, ``b0`` and ``b1`` with its autograd M-step (no closed-form updates needed).
 
+Plots the log-likelihood per EM step and the counts against x with the fitted mean
+``(1 - pi) exp(b0 + b1 x)`` (``custom_model.png``).
+
     python examples/custom_model.py [--n 2000] [--seed 0] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
+import os
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch.distributions import constraints
+import matplotlib
 
-import pyroem
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+import torch  # noqa: E402
+from torch.distributions import constraints  # noqa: E402
+
+import pyroem  # noqa: E402
 
 TRUE_PARAMS = {"pi": 0.3, "b0": 1.0, "b1": 0.5}
 
@@ -50,7 +59,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=50, help="most EM steps")
     parser.add_argument("--tol", type=float, default=1e-10,
                         help="stop when the log-likelihood changes by at most tol * |log-likelihood|")
-    parser.add_argument("--out", default=None, help="accepted for a uniform interface; nothing is written")
+    parser.add_argument("--out", default=".", help="folder for the PNG (default: current folder)")
     args = parser.parse_args()
 
     x, y = simulate(args.n, args.seed)
@@ -73,6 +82,27 @@ def main() -> None:
     print(f"{'parameter':<10} {'true':>8} {'fitted':>10}")
     for name, true in TRUE_PARAMS.items():
         print(f"{name:<10} {true:>8.4f} {fitted[name]:>10.6f}")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    left.plot(range(len(result.history)), result.history, marker="o", ms=3)
+    left.set_xlabel("EM step")
+    left.set_ylabel("log-likelihood")
+    left.set_title("Each step raises log p(y | θ)")
+    jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(y))
+    right.scatter(x.numpy(), y.numpy() + jitter, s=4, alpha=0.3, color="grey", label="counts (jittered)")
+    grid = torch.linspace(float(x.min()), float(x.max()), 200, dtype=x.dtype)
+    for params, style, label in ((fitted, "-", "fitted"), (TRUE_PARAMS, "--", "true")):
+        mean = (1 - params["pi"]) * torch.exp(params["b0"] + params["b1"] * grid)
+        right.plot(grid.numpy(), mean.numpy(), style, lw=2, label=f"{label} mean (1 - pi) exp(b0 + b1 x)")
+    right.set_xlabel("x")
+    right.set_ylabel("y")
+    right.set_title("Zero-inflated Poisson regression")
+    right.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(args.out, "custom_model.png")
+    fig.savefig(path, dpi=120)
+    print(path)
+
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ subsampled plate) draws the same numbers after a resume.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import pickle
@@ -45,6 +46,8 @@ class Checkpoint:
     stop_reason: str = "running"
     rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)
     params: Dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the fitted data's shapes, dtypes and a hash of its values (:func:`data_fingerprint`)
+    data: str = ""
 
     @classmethod
     def capture(cls, names, history: List[float], n_iter: int, rng_state: torch.Tensor,
@@ -72,6 +75,7 @@ class Checkpoint:
             "converged": self.converged,
             "stop_reason": self.stop_reason,
             "rng_state": self.rng_state,
+            "data": self.data,
         }
 
     def restore(self, names, path: str = "checkpoint") -> None:
@@ -189,5 +193,25 @@ def load_checkpoint(path: str) -> Checkpoint:
         raise _bad(path, "is damaged: 'rng_state' is not a torch RNG state")
     converged = state.get("converged", False)
     reason = state.get("stop_reason", "running")
+    data = state.get("data", "")
+    if not isinstance(data, str):
+        raise _bad(path, "is damaged: 'data' is not a fingerprint string")
     return Checkpoint(unconstrained, dict(kinds), [float(h) for h in history], n_iter,
-                      bool(converged), str(reason), rng, params)
+                      bool(converged), str(reason), rng, params, data)
+
+
+def data_fingerprint(args: tuple, kwargs: dict) -> str:
+    """The shapes, dtypes and a SHA-256 of the values of a fit's tensor arguments, and the values
+    of its plain ones: a resumed fit refuses a checkpoint made on other data."""
+    digest = hashlib.sha256()
+    parts = []
+    for key, value in list(enumerate(args)) + sorted(kwargs.items()):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            parts.append(f"{key}: {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            parts.append(f"{key}: {value!r}")
+        else:
+            parts.append(f"{key}: {type(value).__name__}")
+    return "; ".join(parts) + f"; sha256 {digest.hexdigest()[:16]}"

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .arguments import tensor_arguments
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_checkpoint
 from .diagnostics import check_monotone, explain_nonfinite, rounding_slack
 from .estep import contract_trace
 from .expectations import Expectations
@@ -38,6 +38,7 @@ from .validation import (
     check_tol,
     check_updates,
     require_observed,
+    warn_mixed_precision,
 )
 
 Updates = Callable[..., Mapping[str, torch.Tensor]]
@@ -94,6 +95,7 @@ class EM:
         #: with ``data`` in pieces the statistics summed over them (``.stats``); None otherwise
         self.last_e_step = None
         self._parallel: Optional[DataParallel] = None
+        self._fingerprint = ""  # the data of the fit that checkpoints (see checkpoint.data_fingerprint)
 
     # -- the two halves --------------------------------------------------------------
     @tensor_arguments
@@ -326,10 +328,9 @@ class EM:
         path = check_checkpoint(checkpoint, checkpoint_every, resume)
         accelerate = check_accelerate(accelerate)
         pieces = self._pieces(data, batch_size, step_size, args, kwargs)
-        if pieces is not None:
-            self.tracer.ensure_probed(*pieces.first())
-        else:
-            self.tracer.ensure_probed(args, kwargs)
+        first = pieces.first() if pieces is not None else (args, kwargs)
+        self.tracer.ensure_probed(*first)
+        warn_mixed_precision(*first, self.tracer.params())
         if step_size is not None:
             if accelerate is not None or path is not None or final_m_step:
                 raise ValueError("online EM (step_size=...) takes neither accelerate, checkpoint nor final_m_step")
@@ -359,6 +360,10 @@ class EM:
                 self.autograd_mstep.stationary = maximize_over_pieces(self.tracer, pieces)
         history: List[float] = []
         n_iter = 0
+        if path is not None:
+            self._fingerprint = data_fingerprint(*(pieces.first() if pieces is not None else (args, kwargs)))
+            if pieces is not None:
+                self._fingerprint += f"; {pieces.count()} pieces"
         if resume:
             history, n_iter = self._resume(path)
         first, converged, reason = n_iter, False, "max_iter"
@@ -587,6 +592,7 @@ class EM:
             return
         state = Checkpoint.capture(self._names(), history, n_iter,
                                    torch.get_rng_state() if rng is None else rng, converged, reason)
+        state.data = self._fingerprint
         save_checkpoint(path, state)
 
     def _resume(self, path: str) -> Tuple[List[float], int]:
@@ -595,6 +601,10 @@ class EM:
             logger.info("no checkpoint at %r: starting a fresh EM fit", path)
             return [], 0
         state = load_checkpoint(path)
+        if state.data and state.data != self._fingerprint:
+            raise ValueError(f"checkpoint {path!r} was made on other data ({state.data}); this fit's data: "
+                             f"{self._fingerprint}. Resume on the same data, or give another checkpoint path "
+                             "(or resume=False) to start afresh")
         state.restore(self._names(), path)
         torch.set_rng_state(state.rng_state)
         # θ_{n_iter} is evaluated again (same value): the loop appends its log-likelihood.

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from typing import Callable, Optional
 
+import torch
 from pyro.poutine.trace_struct import Trace
 
 from .handlers import is_map_site, is_unscored
@@ -112,3 +114,15 @@ def require_observed(trace: Trace) -> None:
         "the model observes nothing: no pyro.sample(..., obs=...) or pyro.factor site, so "
         "log p(y|θ) = 0 and EM has no data to fit; pass the data as obs= to the likelihood's sample sites"
     )
+
+
+def warn_mixed_precision(args: tuple, kwargs: dict, params: dict) -> None:
+    """Warn where float64 data meet float32 params: the fit then runs, and returns, in float32."""
+    data = [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor) and v.dtype == torch.float64]
+    low = sorted(n for n, p in params.items() if p.dtype in (torch.float32, torch.float16, torch.bfloat16))
+    if data and low:
+        names = ", ".join(repr(n) for n in low[:5]) + (" ..." if len(low) > 5 else "")
+        warnings.warn(f"the data are float64 but the params {names} are {params[low[0]].dtype}: the fit "
+                      "runs, and returns its params, in the lower precision. Create the params in the "
+                      "data's float type (e.g. torch.tensor(..., dtype=y.dtype)) to fit in float64, or "
+                      "pass float32 data", UserWarning, stacklevel=4)

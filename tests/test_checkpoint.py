@@ -338,3 +338,22 @@ def test_checkpoint_path_must_be_a_file_in_an_existing_directory(tmp_path):
         pyroem.EM(make_mixture()).fit(mixture_data(), checkpoint=tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         pyroem.EM(make_mixture()).fit(mixture_data(), checkpoint=tmp_path / "no" / "such" / "ck.pt")
+
+
+def test_resume_refuses_a_checkpoint_made_on_other_data(tmp_path):
+    """The checkpoint keeps the data's shapes, dtypes and a hash: resuming on other data is refused
+    with both named; the same data resumes."""
+    path = str(tmp_path / "fit.pt")
+    y = mixture_data()
+    model = make_mixture()
+    pyro.clear_param_store()
+    pyroem.EM(model).fit(y, max_iter=3, tol=0.0, checkpoint=path)
+    other = y.clone()
+    other[2] += 0.5
+    for data in (other, y.float(), y[:4]):
+        pyro.clear_param_store()
+        with pytest.raises(ValueError, match="was made on other data"):
+            pyroem.EM(model).fit(data, max_iter=5, tol=0.0, checkpoint=path, resume=True)
+    pyro.clear_param_store()
+    res = pyroem.EM(model).fit(y, max_iter=5, tol=0.0, checkpoint=path, resume=True)
+    assert res.n_iter == 5 and len(res.history) == 6

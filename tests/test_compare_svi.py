@@ -281,3 +281,21 @@ def test_param_store_snapshot_round_trip():
     torch.testing.assert_close(pyro.param("p").detach(), torch.tensor([0.2, 0.3, 0.5]))
     torch.testing.assert_close(pyro.param("s").detach(), torch.tensor(2.0))
     assert store.get_state()["constraints"]["p"] is constraints.simplex
+
+
+def test_summary_calls_equal_ends_within_rounding_alike():
+    """float32 runs ending 1e-6 apart (relative) are the same value as far as float32 can tell; a
+    real gap names the better method."""
+    from pyroem.compare import Comparison, MethodTrace
+
+    def run(name, final, dtype):
+        return MethodTrace(name, np.arange(3), np.array([0.0, 0.1, 0.2]), np.array([-120.0, -101.0, final]),
+                           {"p": torch.zeros(2, dtype=dtype)})
+
+    alike = Comparison(run("EM", -100.0, torch.float32), run("SVI", -100.0 + 1e-4, torch.float32)).summary()
+    assert alike["best_method"] == "EM and SVI alike, within float32 rounding"
+    assert "(by EM and SVI alike, within float32 rounding)" in str(alike)
+    apart = Comparison(run("EM", -100.0, torch.float64), run("SVI", -100.0 + 1e-4, torch.float64)).summary()
+    assert apart["best_method"] == "SVI"
+    ahead = Comparison(run("EM", -100.0, torch.float32), run("SVI", -100.5, torch.float32)).summary()
+    assert ahead["best_method"] == "EM"

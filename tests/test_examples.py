@@ -38,8 +38,11 @@ def zip_mle(x, y):
 
 
 @pytest.fixture(scope="module")
-def run():
-    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=120)
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("custom_model")
+    proc = subprocess.run([sys.executable, SCRIPT, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    png = out / "custom_model.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     steps = [tuple(map(float, m.groups()))
              for m in re.finditer(rf"^\s*(\d+)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s*$",
                                   proc.stdout, re.MULTILINE)]

@@ -340,3 +340,16 @@ def test_hmm_params_follow_scikit_learns_estimator_protocol():
     assert est.set_params(tol=1e-4).tol == 1e-4
     with pytest.raises(ValueError, match="invalid parameter 'n_states' for CategoricalHMM"):
         CategoricalHMM(2).set_params(n_states=3)
+
+
+def test_a_pandas_frame_fits_without_torchs_read_only_warning():
+    """``GaussianHMM.fit(DataFrame)``: the same fit as the array, and no warning from torch."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).normal(size=(120, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = GaussianHMM(2, random_state=0, n_iter=5).fit(pd.DataFrame(X))
+    array = GaussianHMM(2, random_state=0, n_iter=5).fit(X)
+    np.testing.assert_allclose(frame.means_, array.means_, rtol=1e-12)

@@ -78,3 +78,21 @@ def test_text_columns_are_refused_in_one_line():
     frame = pd.DataFrame({"y": [1.0, 2.0], "name": ["a", "b"]})
     with pytest.raises(ValueError, match="numeric columns"):
         pyroem.log_likelihood(normal_mixture, frame)
+
+
+def test_float64_data_with_float32_params_warn():
+    def model(y):
+        loc = pyro.param("loc", torch.tensor([-1.0, 2.0]))          # float32, torch's default
+        w = pyro.param("w", torch.tensor([0.5, 0.5]), constraint=constraints.simplex)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(loc[z], 1.0), obs=y)
+
+    y = torch.tensor([-1.2, 0.3, 2.5], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="float64 but the params 'loc', 'w' are torch.float32"):
+        pyroem.EM(model).fit(y, max_iter=2)
+    pyro.clear_param_store()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pyroem.EM(model).fit(y.float(), max_iter=2)

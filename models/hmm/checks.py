@@ -70,6 +70,8 @@ def check_2d(X, name: str = "X") -> np.ndarray:
         X = np.asarray(X)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be a 2-D array (n_samples, n_features): {err}") from err
+    if not X.flags.writeable:  # a pandas frame's read-only view: torch takes a copy without a warning
+        X = X.copy()
     if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"{name} must hold numbers, got dtype {X.dtype}")
     if X.ndim != 2:

@@ -380,7 +380,9 @@ class GaussianHMM(BaseHMM):
         out: Dict[str, torch.Tensor] = {}
         if "m" not in self.params and "c" not in self.params:
             return out
-        as_t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=Xpad.dtype, device=Xpad.device)
+
+        def as_t(v):
+            return torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=Xpad.dtype, device=Xpad.device)
         post = gamma.sum((0, 1))                                    # Σγ (K,)
         obs = torch.einsum("ntk,ntd->kd", gamma, Xpad)              # Σγx (K, D)
         denom = post.unsqueeze(-1)

@@ -10,6 +10,8 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
+from ..diagnostics import rounding_slack
+
 
 # -- results ------------------------------------------------------------------------------
 @dataclass
@@ -82,9 +84,14 @@ class Comparison:
                 or not math.isfinite(within) or within < 0):
             raise ValueError(f"within must be a finite number >= 0, got {within!r}")
         best = self.best_log_likelihood
-        by_em = self.em.best_log_likelihood >= self.svi.best_log_likelihood
+        dtype = next((v.dtype for v in self.em.params.values() if v.is_floating_point()), torch.float64)
+        gap = self.em.best_log_likelihood - self.svi.best_log_likelihood
+        if abs(gap) <= rounding_slack(best, dtype):  # the same value, as far as the float type can tell
+            method = f"EM and SVI alike, within {str(dtype).replace('torch.', '')} rounding"
+        else:
+            method = "EM" if gap > 0 else "SVI"
         out = Summary(initial_log_likelihood=self.initial_log_likelihood, best_log_likelihood=best,
-                      best_method="EM" if by_em else "SVI", within=float(within))
+                      best_method=method, within=float(within))
         for key, run in (("em", self.em), ("svi", self.svi)):
             hit = run.first_within(best, within)
             out[key] = {
