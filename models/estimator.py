@@ -29,6 +29,17 @@ class Estimator:
             setattr(self, name, value)
         return self
 
+    #: scikit-learn's kind of estimator ("density_estimator" for mixtures and HMMs)
+    _estimator_type = "density_estimator"
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags (read by ``Pipeline``, ``clone``, ``check_estimator``); imported
+        only when scikit-learn asks, since it is not a dependency."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(estimator_type=self._estimator_type, target_tags=TargetTags(required=False),
+                    input_tags=InputTags(two_d_array=True))
+
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)
         parts = []

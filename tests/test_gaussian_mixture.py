@@ -323,7 +323,7 @@ def test_bad_input_raises_value_error(case):
 def test_bad_sample_weight_and_predict_input():
     X = iris()
     for w, match in [(-np.ones(len(X)), "non-negative"), (np.ones(3), "shape"),
-                     (np.zeros(len(X)), "positive sum"), (np.full(len(X), np.nan), "NaN")]:
+                     (np.zeros(len(X)), "zero for every sample"), (np.full(len(X), np.nan), "NaN")]:
         with pytest.raises(ValueError, match=match):
             GaussianMixture(2).fit(X, sample_weight=w)
     est = GaussianMixture(2)

@@ -44,13 +44,23 @@ def resolve_device(device, data) -> torch.device:
 def _as_tensor(value, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.is_complex():
-            raise ValueError(f"{name} must be real-valued, got a complex tensor")
+            raise ValueError(f"Complex data not supported: {name} is a complex tensor")
         return value.detach().to(device=device, dtype=dtype)
+    if type(value).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"sparse input is not supported: {name} is a {type(value).__name__}; "
+                        f"pass a dense array ({name}.toarray())")
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be an array of numbers: {err}") from err
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
+    if arr.dtype == object:  # numbers held as Python objects (a pandas object column): read as floats
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{name} must hold numbers: {err}") from err
+    if arr.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {arr.dtype}")
+    if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
     # no copy of an array already in the right dtype (it is only read); a read-only one is copied
     arr = arr.astype(np.float64 if dtype == torch.float64 else np.float32, copy=not arr.flags.writeable)
@@ -70,7 +80,7 @@ def check_X(X, dtype: torch.dtype, device: torch.device, name: str = "X", min_sa
     if t.shape[0] < min_samples:
         raise ValueError(f"{name} has {t.shape[0]} sample(s), but at least {min_samples} are required")
     if t.shape[1] < 1:
-        raise ValueError(f"{name} has 0 features; at least 1 is required")
+        raise ValueError(f"Found array with 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinity")
     if n_features is not None and t.shape[1] != n_features:
@@ -94,7 +104,7 @@ def check_sample_weight(sample_weight, n_samples: int, dtype: torch.dtype,
     if bool((w < 0).any()):
         raise ValueError("sample_weight must be non-negative")
     if not bool(w.sum() > 0):
-        raise ValueError("sample_weight must have a positive sum")
+        raise ValueError("sample_weight is zero for every sample: at least one weight must be positive")
     return w
 
 

@@ -308,11 +308,11 @@ class GaussianMixture(Estimator):
         # start (drawn on rank 0) are shared; the engine all-reduces the statistics
         parallel = DataParallel.current()
         wsum = float(Xfit.shape[0]) if wfit is None else float(wfit.sum())
-        if parallel is None:
-            shift = Xfit.mean(0)
-        else:
-            total = parallel.sum(torch.cat([Xfit.sum(0), Xfit.new_tensor([Xfit.shape[0]])]))
-            shift, wsum = total[:-1] / total[-1], parallel.sum_float(wsum)
+        # the weighted mean: a row of weight 2 and the same row twice give the same centre
+        sums = torch.cat([Xfit.sum(0) if wfit is None else wfit @ Xfit, Xfit.new_tensor([wsum])])
+        if parallel is not None:
+            sums, wsum = parallel.sum(sums), parallel.sum_float(wsum)
+        shift = sums[:-1] / sums[-1]
         Xc = Xfit - shift
         prefix = f"GaussianMixture{next(_fit_ids)}."
         features = GaussianFeatures(Xc, self.covariance_type)
