@@ -202,3 +202,39 @@ def write_json(path: str, data: Dict[str, Any]) -> None:
             f.write("\n")
     except OSError as err:
         raise CliError(f"{path}: cannot write: {err.strerror or err}") from None
+
+
+def select_columns(table: Table, text: Optional[str], option: str = "--columns") -> Table:
+    """The columns ``text`` names (comma-separated header names or 1-based numbers), in that
+    order; the whole table when ``text`` is None."""
+    if text is None:
+        return table
+    wanted = [c.strip() for c in text.split(",") if c.strip()]
+    if not wanted:
+        raise CliError(f"{option}: give column names or numbers, separated by commas")
+    picked = []
+    for item in wanted:
+        if item in table.columns:
+            picked.append(table.columns.index(item))
+        elif item.isdigit() and 1 <= int(item) <= len(table.columns):
+            picked.append(int(item) - 1)
+        else:
+            known = ", ".join(repr(c) for c in table.columns) if table.has_header else f"1 to {len(table.columns)}"
+            raise CliError(f"{option}: {table.path} has no column {item!r} (columns: {known})")
+    if len(set(picked)) != len(picked):
+        raise CliError(f"{option}: a column is named twice")
+    return Table(table.values[:, picked], [table.columns[j] for j in picked], table.has_header, table.path)
+
+
+def write_rows(path: str, header: Sequence[str], rows: np.ndarray, formats: Sequence[str]) -> None:
+    """Write ``rows`` as a CSV with ``header``, one format per column, creating the parent folder."""
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow([fmt.format(v) for fmt, v in zip(formats, row)])
+    except OSError as err:
+        raise CliError(f"{path}: cannot write: {err.strerror or err}") from None

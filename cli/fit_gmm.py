@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
 from . import plotting
-from .data_io import Table, read_table, write_json
+from .data_io import Table, read_table, select_columns, write_json, write_rows
 from .errors import CliError, warnings_as_notes
 from .options import non_negative_float, non_negative_int, positive_int, seed
 from .progress import fit_progress
@@ -25,15 +25,22 @@ def add_parser(subparsers, parents) -> None:
     p = subparsers.add_parser(
         "gmm", parents=parents, help=HELP,
         description=HELP + ". The CSV may have a header (a first row that is not all numbers); "
-                           "every column is a feature.")
+                           "every column is a feature unless --columns picks some.")
     p.add_argument("data", metavar="DATA.csv", help="CSV file, one sample per row")
     p.add_argument("--components", "-k", metavar="K", type=positive_int, required=True,
                    help="number of mixture components (>= 1)")
     p.add_argument("--covariance", choices=COVARIANCE_TYPES, default="full",
                    help="covariance type (default: full)")
     p.add_argument("--out", metavar="PARAMS.json", help="write the fitted parameters as JSON")
+    p.add_argument("--columns", metavar="A,B,...",
+                   help="the columns to fit, by header name or number from 1 (default: all)")
+    p.add_argument("--labels", metavar="LABELS.csv",
+                   help="write each row's component (numbered from 1, as printed) and its posterior probabilities")
     p.add_argument("--plot", metavar="FIG.png",
-                   help="draw density contours over the points (first two columns when D > 2)")
+                   help="draw density contours over the points (.png, .jpg, .pdf or .svg)")
+    p.add_argument("--plot-columns", metavar="A,B",
+                   help="the two columns to draw when there are more (default: the two that separate the "
+                        "components most)")
     p.add_argument("--seed", type=seed, default=0, help="random seed of the initialization (default 0)")
     p.add_argument("--max-iter", type=non_negative_int, default=100, help="most EM steps (default 100)")
     p.add_argument("--tol", type=non_negative_float, default=1e-3,
@@ -106,20 +113,61 @@ def summary(res: Dict[str, Any], table: Table) -> str:
     return "\n".join(lines)
 
 
+def separating_pair(est, X: np.ndarray) -> List[int]:
+    """The two columns whose components' means differ most against the spread within components
+    (a per-column F ratio: variance of the weighted means over the mean within-component variance)."""
+    covs = plotting.full_covariances(est.covariances_, est.covariance_type, est.n_components, X.shape[1])
+    within = np.einsum("k,kjj->j", est.weights_, covs)
+    centre = est.weights_ @ est.means_
+    between = est.weights_ @ (est.means_ - centre) ** 2
+    return [int(j) for j in np.argsort(-between / np.maximum(within, 1e-300))[:2]]
+
+
+def label_like(table: Table) -> List[str]:
+    """Columns of a few distinct whole numbers (class labels, ids), which a mixture should not fit."""
+    X = table.values
+    return [c for j, c in enumerate(table.columns)
+            if len(X) >= 20 and np.all(X[:, j] == np.round(X[:, j])) and len(np.unique(X[:, j])) <= 10]
+
+
 def run(args: argparse.Namespace) -> int:
-    table = read_table(args.data)
+    if args.plot:
+        plotting.check_figure_path(args.plot)
+    table = select_columns(read_table(args.data), args.columns)
     est = fit(table, args)
     res = results(est, table)
     print(summary(res, table))
+    if args.columns is None:
+        for c in label_like(table):
+            print(f"note: column {c!r} holds only a few whole numbers; if it is a label or an id, "
+                  "leave it out with --columns")
     if args.out:
         write_json(args.out, res)
         print(f"parameters: {args.out}")
+    X = table.values
+    if args.labels:
+        proba = est.predict_proba(X)
+        k = proba.shape[1]
+        rows = np.column_stack([np.arange(1, len(X) + 1), proba.argmax(1) + 1, proba])
+        write_rows(args.labels, ["row", "component"] + [f"p_{j + 1}" for j in range(k)], rows,
+                   ["{:.0f}", "{:.0f}"] + ["{:.6g}"] * k)
+        print(f"labels: {args.labels}")
     if args.plot:
-        X = table.values
+        if X.shape[1] > 2:
+            pair = ([table.columns.index(c) for c in select_columns(table, args.plot_columns, "--plot-columns").columns]
+                    if args.plot_columns else separating_pair(est, X))
+            if len(pair) != 2:
+                raise CliError("--plot-columns: name two columns")
+        else:
+            pair = list(range(X.shape[1]))
         covs = plotting.full_covariances(est.covariances_, est.covariance_type, est.n_components, X.shape[1])
-        fig = plotting.gmm_figure(X, est.weights_, est.means_, covs, est.predict(X), label_name="component",
-                                  columns=table.columns if table.has_header else None)
+        fig = plotting.gmm_figure(X[:, pair], est.weights_, est.means_[:, pair], covs[:, pair][:, :, pair],
+                                  est.predict(X), label_name="component",
+                                  columns=[table.columns[j] for j in pair] if table.has_header else
+                                  [f"column {j + 1}" for j in pair], n_features=X.shape[1])
         print(f"figure: {plotting.save_figure(fig, args.plot)}")
         if X.shape[1] > 2:
-            print("  (the figure shows the first two columns and the fitted density's marginal on them)")
+            how = "as asked" if args.plot_columns else "the two that separate the components most"
+            print(f"  (columns {', '.join(repr(table.columns[j]) for j in pair)}, {how}, with the fitted "
+                  "density's marginal on them)")
     return 0

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import plotting
-from .data_io import Table, parse_int_list, read_table, write_json
+from .data_io import Table, parse_int_list, read_table, write_json, write_rows
 from .errors import CliError, warnings_as_notes
 from .options import non_negative_float, non_negative_int, positive_int, seed
 from .progress import fit_progress
@@ -41,8 +41,11 @@ def add_parser(subparsers, parents) -> None:
                    help=f"fits from this many random starts, the best one kept (default {N_INIT}): "
                         "one start often ends at a poor local maximum")
     p.add_argument("--out", metavar="PARAMS.json", help="write the fitted parameters as JSON")
+    p.add_argument("--labels", metavar="STATES.csv",
+                   help="write each row's Viterbi state (numbered from 1, as printed) and its posterior probabilities")
     p.add_argument("--plot", metavar="FIG.png",
-                   help="draw the first sequence with its Viterbi states and its state posterior")
+                   help="draw the first sequence with its Viterbi states and its state posterior "
+                        "(.png, .jpg, .pdf or .svg)")
     p.set_defaults(run=run)
 
 
@@ -119,17 +122,20 @@ def summary(res: Dict[str, Any], path: str) -> str:
         f"{'converged' if res['converged'] else 'NOT converged'} after {res['n_iter']} EM step(s)",
         f"log-likelihood {res['log_likelihood']:.6f} (sum over sequences)",
         "start probabilities " + np.array2string(np.asarray(res["startprob"]), **np_opts),
-        "transition matrix\n" + np.array2string(np.asarray(res["transmat"]), **np_opts),
+        f"transition matrix (row i, column j: from state i to state j, states 1 to {res['n_components']})\n"
+        + np.array2string(np.asarray(res["transmat"]), **np_opts),
     ]
     if "emissionprob" in res:
-        lines.append("emission probabilities (rows: states)\n"
+        lines.append(f"emission probabilities (rows: states 1 to {res['n_components']})\n"
                      + np.array2string(np.asarray(res["emissionprob"]), **np_opts))
     else:
-        lines.append("means (rows: states)\n" + np.array2string(np.asarray(res["means"]), **np_opts))
+        lines.append(f"means (rows: states 1 to {res['n_components']})\n" + np.array2string(np.asarray(res["means"]), **np_opts))
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        plotting.check_figure_path(args.plot)
     table = read_table(args.data)
     est, X, lengths = fit(table, args)
     res = results(est, X, lengths, table, args.emission)
@@ -137,6 +143,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, res)
         print(f"parameters: {args.out}")
+    if args.labels:
+        states = est.predict(X, lengths)
+        proba = est.predict_proba(X, lengths)
+        sequence = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+        step = np.concatenate([np.arange(1, n + 1) for n in lengths])
+        k = proba.shape[1]
+        rows = np.column_stack([np.arange(1, len(X) + 1), sequence, step, states + 1, proba])
+        write_rows(args.labels, ["row", "sequence", "step", "state"] + [f"p_{j + 1}" for j in range(k)], rows,
+                   ["{:.0f}"] * 4 + ["{:.6g}"] * k)
+        print(f"states: {args.labels}")
     if args.plot:
         first = X[: int(lengths[0])]
         states = est.predict(first)

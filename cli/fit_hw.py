@@ -132,6 +132,8 @@ def summary(res: Dict[str, Any], steps: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        plotting.check_figure_path(args.plot)
     est, counts = build(args)
     est.fit(counts)
     res = results(est, counts)

@@ -47,15 +47,15 @@ def mixture_density(points: np.ndarray, weights: np.ndarray, means: np.ndarray, 
 
 def gmm_figure(X: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.ndarray,
                labels: np.ndarray, label_name: str = "group", columns: Optional[Sequence[str]] = None,
-               title: str = "Gaussian mixture fitted by EM"):
-    """Density contours over the points coloured by ``labels``. For ``D > 2`` the contours show
-    the fitted density of the first two columns (the mixture's marginal); for ``D = 1`` a
-    histogram with the density curve."""
+               title: str = "Gaussian mixture fitted by EM", n_features: Optional[int] = None):
+    """Density contours over the points coloured by ``labels``. Where ``X`` holds 2 of the data's
+    ``n_features`` columns, the contours show the mixture's marginal density on them; for ``D = 1``
+    a histogram with the density curve."""
     plt = pyplot()
-    n_features = X.shape[1]
+    n_features = X.shape[1] if n_features is None else n_features
     names = list(columns) if columns is not None else [f"$x_{j + 1}$" for j in range(n_features)]
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    if n_features == 1:
+    if X.shape[1] == 1:
         grid = np.linspace(X[:, 0].min() - 1.0, X[:, 0].max() + 1.0, 400)[:, None]
         ax.hist(X[:, 0], bins=40, density=True, color="tab:grey", alpha=0.5, label="data")
         ax.plot(grid[:, 0], mixture_density(grid, weights, means[:, :1], covs[:, :1, :1]),
@@ -79,7 +79,7 @@ def gmm_figure(X: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.n
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         if n_features > 2:
-            title += f"\n(first 2 of {n_features} columns: marginal density)"
+            title += f"\n(2 of {n_features} columns: marginal density)"
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -115,7 +115,7 @@ def hmm_figure(posterior: np.ndarray, state_names: Optional[Sequence[str]] = Non
     it, state paths such as the Viterbi path or the true states (``{name: states}``)."""
     plt = pyplot()
     t_len, k = posterior.shape
-    names = list(state_names) if state_names is not None else [f"state {i}" for i in range(k)]
+    names = list(state_names) if state_names is not None else [f"state {i + 1}" for i in range(k)]
     top = 1 if series is not None else 0
     rows = 1 + top + (1 if paths else 0)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.5 + 1.5 * rows), sharex=True, squeeze=False)
@@ -152,13 +152,27 @@ def hmm_figure(posterior: np.ndarray, state_names: Optional[Sequence[str]] = Non
     return fig
 
 
+#: figure formats by file extension (no extension: PNG)
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg", "": "png"}
+
+
+def check_figure_path(path: str) -> None:
+    """Refuse, before any work, a figure path whose extension names no format we write."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise CliError(f"{path}: cannot write a figure as {ext!r}; use .png, .jpg, .pdf or .svg")
+
+
 def save_figure(fig, path: str) -> str:
-    """Save as PNG (parent folder created), close the figure, return the path."""
+    """Save in the format the extension names (parent folder created), close the figure, return
+    the path; an extension of another format is refused."""
     plt = pyplot()
+    ext = os.path.splitext(path)[1].lower()
     try:
+        check_figure_path(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fig.savefig(path, dpi=120, format="png")
+        fig.savefig(path, dpi=120, format=FORMATS[ext])
     except OSError as err:
         raise CliError(f"{path}: cannot write the figure: {err.strerror or err}") from None
     finally:

@@ -1,31 +1,41 @@
-"""pyroem: exact expectation-maximization for Pyro models with discrete latent variables."""
-from .checkpoint import Checkpoint, load_checkpoint
-from .compare import Comparison, compare_svi
-from .decoding import Decoding, decode
-from .diagnostics import MonotonicityWarning
-from .em import EM
-from .expectations import Expectations
-from .functional import log_likelihood, posterior
-from .markov import vectorized_markov
-from .online import StepwiseStatistics
-from .results import EMResult
-from .donation import donate
+"""pyroem: exact expectation-maximization for Pyro models with discrete latent variables.
+
+The public names are imported on first use, so ``import pyroem`` (and the ``pyroem`` command's
+``--help`` and ``--version``) does not load torch and Pyro until something needs them.
+"""
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = [
-    "Checkpoint",
-    "Comparison",
-    "Decoding",
-    "EM",
-    "EMResult",
-    "Expectations",
-    "MonotonicityWarning",
-    "StepwiseStatistics",
-    "compare_svi",
-    "decode",
-    "donate",
-    "load_checkpoint",
-    "log_likelihood",
-    "posterior",
-    "vectorized_markov",
-]
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "Checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "Comparison": "compare",
+    "compare_svi": "compare",
+    "Decoding": "decoding",
+    "decode": "decoding",
+    "MonotonicityWarning": "diagnostics",
+    "EM": "em",
+    "Expectations": "expectations",
+    "log_likelihood": "functional",
+    "posterior": "functional",
+    "vectorized_markov": "markov",
+    "StepwiseStatistics": "online",
+    "EMResult": "results",
+    "donate": "donation",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyroem' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
@@ -76,3 +76,46 @@ def explain_nonfinite(value: float, trace, params: Mapping[str, torch.Tensor]) -
     where = f"; -inf log-probabilities occur at site(s) {_sites(neg_sites)}" if neg_sites else ""
     return ("the data are impossible under the model at these parameters (an observation of "
             f"probability zero under every value of the latents){where}")
+
+
+#: an observed site's scale below this fraction of its data's spread is reported as collapsing
+COLLAPSE_FRACTION = 1e-3
+
+
+def _scale_of(fn) -> Optional[torch.Tensor]:
+    """The scale entries of a location-scale distribution (the Cholesky diagonal of a multivariate
+    normal), None for other families."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    if isinstance(fn, torch.distributions.MultivariateNormal):
+        return fn.scale_tril.diagonal(dim1=-2, dim2=-1)
+    families = (torch.distributions.Normal, torch.distributions.LogNormal, torch.distributions.Laplace,
+                torch.distributions.StudentT, torch.distributions.Cauchy)
+    return fn.scale if isinstance(fn, families) else None
+
+
+def warn_collapse(trace, params: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+    """Warn, naming the site and the smallest scale, where an observed site's scale has fallen
+    below ``COLLAPSE_FRACTION`` of its data's spread: a component shrinking onto single data
+    points, where the likelihood grows without bound (scikit-learn warns of singular covariances
+    likewise)."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or is_map_site(site) or is_unscored(site):
+            continue
+        scale = _scale_of(site["fn"])
+        value = site["value"]
+        if scale is None or not isinstance(value, torch.Tensor) or value.numel() < 2:
+            continue
+        spread = float(value.detach().double().std())
+        smallest = float(scale.detach().double().min())
+        if spread > 0 and smallest < COLLAPSE_FRACTION * spread:
+            # the fitted params holding that value (the scale itself, or its square for a variance)
+            holders = [n for n, p in (params or {}).items() if p.numel() and p.is_floating_point() and any(
+                math.isclose(float(p.detach().double().abs().min()), v, rel_tol=1e-4)
+                for v in (smallest, smallest ** 2))]
+            which = f" (the param {', '.join(repr(h) for h in holders)})" if holders else ""
+            warnings.warn(
+                f"at site '{name}' a scale fell to {smallest:.3g}{which} while its data spread {spread:.3g}: a "
+                "component may be shrinking onto single data points, where the likelihood grows without "
+                "bound, so the fit's log-likelihood means little. Use fewer components, put a prior on "
+                "the scale (a MAP site), or keep it above a floor", RuntimeWarning, stacklevel=4)

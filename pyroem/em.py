@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .arguments import tensor_arguments
 from .checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_checkpoint
-from .diagnostics import check_monotone, explain_nonfinite, rounding_slack
+from .diagnostics import check_monotone, explain_nonfinite, rounding_slack, warn_collapse
 from .estep import contract_trace
 from .expectations import Expectations
 from .handlers import unconstrained
@@ -26,6 +26,8 @@ from .pieces_mstep import maximize_over_pieces
 from .qfunction import QFunction, expected_log_joint
 from .results import EMResult
 from .squarem import squarem_step
+from .threads import threads_for
+from . import thresholds
 from .validation import (
     ACCELERATIONS,
     check_accelerate,
@@ -322,6 +324,17 @@ class EM:
             logger), so one script serves the first run and every restart. A file that is not a
             pyroem checkpoint, is truncated, or does not match the model raises ``ValueError``.
         """
+        pieces = data is not None or batch_size is not None
+        self.tracer.ensure_probed(*(DataPieces(data, args, kwargs).first() if data is not None else (args, kwargs)))
+        work = self.tracer.work if not pieces else thresholds.SINGLE_THREAD_WORK  # pieces: large data
+        with threads_for(work):
+            return self._fit(*args, max_iter=max_iter, tol=tol, progress=progress, callback=callback,
+                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                             accelerate=accelerate, data=data, final_m_step=final_m_step, batch_size=batch_size,
+                             step_size=step_size, **kwargs)
+
+    def _fit(self, *args, max_iter, tol, progress, callback, checkpoint, checkpoint_every, resume, accelerate,
+             data, final_m_step, batch_size, step_size, **kwargs) -> EMResult:
         max_iter = check_max_iter(max_iter)
         tol = None if tol is None else check_tol(tol)
         callback = check_callback(callback)
@@ -469,6 +482,9 @@ class EM:
             self._leave_data_parallel()
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
+        if pieces is None:
+            with torch.no_grad():
+                warn_collapse(self.tracer.trace(args, kwargs), self.params)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason)
 
     # -- data in pieces, online EM ------------------------------------------------------

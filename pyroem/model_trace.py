@@ -25,6 +25,7 @@ from .handlers import (
     is_unscored,
 )
 from .packing import broadcast_shape
+from .shape_hints import add_shape_hint
 
 
 def compute_log_prob(trace: Trace) -> None:
@@ -168,6 +169,8 @@ class ModelTracer:
         self.param_names: Tuple[str, ...] = ()
         self.map_sites: Tuple[str, ...] = ()
         self.vectorized_chain = False
+        #: elements of the largest table of the probe run (the size of the fit's work)
+        self.work = 0
         #: in a data-parallel fit, 1/ranks: each rank's trace weighs the MAP sites' priors by it
         self.shared_scale: Optional[float] = None
         self._probed = False
@@ -180,6 +183,8 @@ class ModelTracer:
         nesting = 0
         for site in trace.nodes.values():
             if site["type"] == "sample":
+                # the largest table a step computes: what sets the fit's thread count (threads.py)
+                self.work = max(self.work, site["fn"].shape().numel() if hasattr(site["fn"], "shape") else 0)
                 dims = _plate_dims(site)
                 if dims:
                     nesting = max(nesting, -min(dims))
@@ -214,7 +219,11 @@ class ModelTracer:
             model = poutine.enum(LatentPolicy(enumerate=True)(self.model), first_available_dim=-1 - depth)
             return poutine.trace(model).get_trace(*args, **kwargs)
         except Exception:
-            return poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(*args, **kwargs)
+            try:
+                return poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(*args, **kwargs)
+            except (ValueError, RuntimeError) as err:
+                add_shape_hint(err)
+                raise
 
     def ensure_probed(self, args: tuple, kwargs: dict) -> None:
         """Probe the model on these arguments unless it has been probed already."""
@@ -294,14 +303,18 @@ class ModelTracer:
         # log-likelihood, explained by a validated trace)
         again = not validate and self._validated.matches(args, kwargs)
         with _distribution_validation(not again):
-            trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
-            # vectorized Markov chains, by name: the E-step contracts them along time
-            trace.markov_chains = dict(self._policy.chains)
-            if self.shared_scale is not None:
-                for site in trace.nodes.values():
-                    if site["type"] == "sample" and is_map_site(site):
-                        site["scale"] = site["scale"] * self.shared_scale
-            compute_log_prob(trace)
+            try:
+                trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
+                # vectorized Markov chains, by name: the E-step contracts them along time
+                trace.markov_chains = dict(self._policy.chains)
+                if self.shared_scale is not None:
+                    for site in trace.nodes.values():
+                        if site["type"] == "sample" and is_map_site(site):
+                            site["scale"] = site["scale"] * self.shared_scale
+                compute_log_prob(trace)
+            except (ValueError, RuntimeError) as err:
+                add_shape_hint(err)
+                raise
         if not again and dist.is_validation_enabled():
             self._validated.remember(args, kwargs)
         return trace

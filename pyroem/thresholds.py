@@ -64,3 +64,9 @@ NEWTON_MAX_SIZE = 256
 #: coordinates up to which the Hessian is formed row by row (a backward pass each); above, in
 #: one batched backward pass, whose first use in a process costs about half a second of set-up
 ROWWISE_HESSIAN_SIZE = 32
+
+# -- threads (threads.py) -----------------------------------------------------------------------
+#: elements of a fit's largest table below which it runs on one thread: on small tables the
+#: threads' hand-offs cost more than the work they share, and on a busy machine their spinning
+#: makes a fit many times slower
+SINGLE_THREAD_WORK = 1 << 16

@@ -163,7 +163,7 @@ def test_gmm_diag_three_columns_with_plot(capsys, tmp_path):
     code, out, err = run_cli(capsys, "fit", "gmm", data, "-k", "2", "--covariance", "diag", "--tol", "1e-10",
                              "--plot", fig, "--out", params)
     assert code == 0, err
-    assert "first two columns" in out
+    assert "columns 'a', 'c', the two that separate the components most" in out
     assert fig.read_bytes()[:8] == PNG_SIGNATURE
     res = json.loads(params.read_text())
     sk = SkGaussianMixture(n_components=2, covariance_type="diag", tol=1e-10, random_state=0).fit(X)
@@ -416,3 +416,66 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["fit", "gmm", str(tmp_path / "nope.csv"), "-k", "2", "--debug"])
     with pytest.raises(ValueError, match="counts are all zero"):
         main(["--debug", "fit", "hw", "--preset", "abo", "--counts", "0,0,0,0"])
+
+
+def test_version_and_help_answer_without_loading_torch_or_pyro():
+    """``pyroem --version`` and ``--help`` load neither torch nor Pyro (seconds otherwise)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pyroem.cli.main import main\n"
+            "for argv in (['--version'], ['--help'], ['fit', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('loaded:', sorted(m for m in ('torch', 'pyro') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "loaded: []"
+    assert "pyroem 0.1.0" in out
+
+
+def test_gmm_columns_labels_plot_columns_and_jpeg(capsys, tmp_path):
+    """--columns fits only the named columns, --labels writes scikit-learn's posteriors (components
+    numbered from 1), --plot-columns picks the drawn pair, .jpg is a JPEG and .gif is refused up front."""
+    rng = np.random.default_rng(2)
+    X = np.concatenate([rng.normal([-3, 0, 1], 1.0, (60, 3)), rng.normal([3, 1, -1], 1.0, (60, 3))])
+    species = np.repeat([0.0, 1.0], 60)
+    data = write_csv(tmp_path / "x.csv", np.column_stack([X, species]), ["a", "b", "c", "species"])
+    labels, fig = tmp_path / "labels.csv", tmp_path / "fig.jpg"
+    code, out, err = run_cli(capsys, "fit", "gmm", data, "-k", "2", "--columns", "a,2,c", "--labels", labels,
+                             "--plot", fig, "--plot-columns", "b,c")
+    assert code == 0, err
+    assert "120 rows x 3 columns (a, b, c)" in out and "columns 'b', 'c', as asked" in out
+    assert fig.read_bytes()[:3] == b"\xff\xd8\xff"   # JPEG
+    sk = SkGaussianMixture(n_components=2, random_state=0).fit(X)
+    table = np.loadtxt(labels, delimiter=",", skiprows=1)
+    assert labels.read_text().splitlines()[0] == "row,component,p_1,p_2"
+    proba = table[:, 2:]
+    order = np.argsort(sk.means_[:, 0])
+    ours = np.argsort([proba[:, j] @ X[:, 0] / proba[:, j].sum() for j in range(2)])
+    np.testing.assert_allclose(proba[:, ours], sk.predict_proba(X)[:, order], atol=1e-6)
+    np.testing.assert_array_equal(table[:, 1], proba.argmax(1) + 1)
+    code, out, err = run_cli(capsys, "fit", "gmm", data, "-k", "2")
+    assert "note: column 'species' holds only a few whole numbers" in out
+    code, out, err = run_cli(capsys, "fit", "gmm", data, "-k", "2", "--plot", tmp_path / "fig.gif")
+    assert code == 1 and "cannot write a figure as '.gif'" in err and "Gaussian mixture" not in out
+    code, out, err = run_cli(capsys, "fit", "gmm", data, "-k", "2", "--columns", "a,zz")
+    assert code == 1 and "has no column 'zz'" in err
+
+
+def test_hmm_labels_are_hmmlearns_viterbi_states(capsys, tmp_path):
+    from hmmlearn.hmm import GaussianHMM as Reference
+
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(0, 1, (40, 1)), rng.normal(5, 1, (40, 1)), rng.normal(0, 1, (40, 1))])
+    data = write_csv(tmp_path / "s.csv", X, ["x"])
+    params, states = tmp_path / "p.json", tmp_path / "states.csv"
+    code, out, err = run_cli(capsys, "fit", "hmm", data, "-k", "2", "--lengths", "60,60", "--n-init", "1",
+                             "--out", params, "--labels", states)
+    assert code == 0, err
+    res = json.loads(params.read_text())
+    ref = Reference(2, covariance_type="diag")
+    ref.startprob_, ref.transmat_ = np.asarray(res["startprob"]), np.asarray(res["transmat"])
+    ref.means_, ref.covars_ = np.asarray(res["means"]), np.asarray(res["covars"]).reshape(2, 1)
+    table = np.loadtxt(states, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(table[:, 3] - 1, ref.predict(X, [60, 60]))
+    np.testing.assert_array_equal(table[:, 1], np.repeat([1, 2], 60))
+    np.testing.assert_allclose(table[:, 4:], ref.predict_proba(X, [60, 60]), atol=1e-6)

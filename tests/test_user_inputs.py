@@ -96,3 +96,50 @@ def test_float64_data_with_float32_params_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         pyroem.EM(model).fit(y.float(), max_iter=2)
+
+
+def test_a_collapsing_scale_is_warned_of_by_name():
+    """10 components on 4 points: the scales shrink onto single points and the likelihood has no
+    maximum; the fit says so, naming the param. A sound fit says nothing."""
+    def model(y, k):
+        w = pyro.param("w", torch.ones(k) / k, constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.linspace(-1, 1, k))
+        scale = pyro.param("scale", torch.ones(k), constraint=constraints.positive)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+
+    with pytest.warns(RuntimeWarning, match=r"at site 'y' a scale fell to \S+ \(the param 'scale'\)"):
+        res = pyroem.EM(model).fit(torch.tensor([0.1, 0.5, -0.3, 0.9]), 10)
+    assert res.log_likelihood > 0   # a density above 1 at every point: the divergence itself
+    pyro.clear_param_store()
+    y = torch.cat([torch.randn(200, generator=torch.Generator().manual_seed(0)) - 2,
+                   torch.randn(200, generator=torch.Generator().manual_seed(1)) + 2])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        pyroem.EM(model).fit(y, 2)
+
+
+def test_shape_mistakes_get_a_line_naming_site_shapes_and_cause():
+    def forgot_plate(y):
+        w = pyro.param("w", torch.ones(3) / 3, constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([0.0, 1.0, 2.0]))
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("y", dist.Normal(loc[z], 1.0), obs=y)
+
+    def forgot_to_event(y):
+        w = pyro.param("w", torch.ones(3) / 3, constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.zeros(3, 2))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(loc[z], 1.0), obs=y)
+
+    with pytest.raises(ValueError) as err:
+        pyroem.EM(forgot_plate).fit(torch.randn(10), max_iter=2)
+    assert any("site 'y' observes a value of shape [10] with a distribution of shape [3]" in n and "pyro.plate" in n
+               for n in err.value.__notes__)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError) as err:
+        pyroem.EM(forgot_to_event).fit(torch.randn(10, 2), max_iter=2)
+    assert any("dim -1 has size 2 where plate 'data' has 10" in n and ".to_event(1)" in n for n in err.value.__notes__)

@@ -22,6 +22,7 @@ import torch
 from pyro.distributions import constraints
 import pyroem
 from pyroem.distributed import DataParallel
+from pyroem.threads import threads_for
 
 from ..estimator import Estimator, PeerStopping, best_start
 from ..exceptions import ConvergenceWarning, NotFittedError
@@ -165,6 +166,10 @@ def _drop_params(prefix: str) -> None:
             del store[prefix + name]
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
@@ -284,6 +289,12 @@ class GaussianMixture(Estimator):
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then label ``X`` by a final E-step (consistent with ``fit(X).predict(X)``)."""
+        shape = getattr(X, "shape", (len(X), 1) if hasattr(X, "__len__") else (0, 0))
+        # small fits run on one thread (pyroem.threads): the pool's hand-offs cost more than the work
+        with threads_for(int(np.prod(shape)) * max(1, int(self.n_components) if _is_count(self.n_components) else 1)):
+            return self._fit_predict(X, sample_weight)
+
+    def _fit_predict(self, X, sample_weight) -> np.ndarray:
         check_hyper_parameters(self)
         dtype, device = resolve_dtype(self.dtype, X), resolve_device(self.device, X)
         Xt = check_X(X, dtype, device, min_samples=2)

@@ -22,6 +22,7 @@ from torch.distributions import transform_to
 from tqdm.auto import tqdm
 
 from pyroem import EM, MonotonicityWarning, decode, log_likelihood
+from pyroem.threads import threads_for
 
 from ..estimator import Estimator, PeerStopping, best_start
 from ..exceptions import NotFittedError
@@ -325,6 +326,11 @@ class BaseHMM(Estimator):
         self._check_hyper()
         n_init = check_int(self.n_init, "n_init", 1)
         X, lengths, Xpad, mask = self._prepare(X, lengths, fitting=True)
+        # small fits run on one thread (pyroem.threads): the pool's hand-offs cost more than the work
+        with threads_for(Xpad.numel() * self.n_components ** 2):
+            return self._fit_starts(X, lengths, Xpad, mask, n_init)
+
+    def _fit_starts(self, X, lengths, Xpad, mask, n_init: int) -> "BaseHMM":
         if n_init == 1:
             self._fit_once(X, lengths, Xpad, mask)
             return self
