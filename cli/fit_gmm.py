@@ -123,6 +123,15 @@ def separating_pair(est, X: np.ndarray) -> List[int]:
     return [int(j) for j in np.argsort(-between / np.maximum(within, 1e-300))[:2]]
 
 
+def write_labels(path: str, est, X: np.ndarray) -> None:
+    """Each row's most probable component (numbered from 1) and its posterior probabilities."""
+    proba = est.predict_proba(X)
+    k = proba.shape[1]
+    rows = np.column_stack([np.arange(1, len(X) + 1), proba.argmax(1) + 1, proba])
+    write_rows(path, ["row", "component"] + [f"p_{j + 1}" for j in range(k)], rows,
+               ["{:.0f}", "{:.0f}"] + ["{:.6g}"] * k)
+
+
 def label_like(table: Table) -> List[str]:
     """Columns of a few distinct whole numbers (class labels, ids), which a mixture should not fit."""
     X = table.values
@@ -146,11 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"parameters: {args.out}")
     X = table.values
     if args.labels:
-        proba = est.predict_proba(X)
-        k = proba.shape[1]
-        rows = np.column_stack([np.arange(1, len(X) + 1), proba.argmax(1) + 1, proba])
-        write_rows(args.labels, ["row", "component"] + [f"p_{j + 1}" for j in range(k)], rows,
-                   ["{:.0f}", "{:.0f}"] + ["{:.6g}"] * k)
+        write_labels(args.labels, est, X)
         print(f"labels: {args.labels}")
     if args.plot:
         if X.shape[1] > 2:

@@ -114,6 +114,18 @@ def results(est, X: np.ndarray, lengths: np.ndarray, table: Table, emission: str
     return out
 
 
+def write_labels(path: str, est, X: np.ndarray, lengths: np.ndarray) -> None:
+    """Each row's sequence and step, its Viterbi state (numbered from 1) and its state posterior."""
+    states = est.predict(X, lengths)
+    proba = est.predict_proba(X, lengths)
+    sequence = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+    step = np.concatenate([np.arange(1, n + 1) for n in lengths])
+    k = proba.shape[1]
+    rows = np.column_stack([np.arange(1, len(X) + 1), sequence, step, states + 1, proba])
+    write_rows(path, ["row", "sequence", "step", "state"] + [f"p_{j + 1}" for j in range(k)], rows,
+               ["{:.0f}"] * 4 + ["{:.6g}"] * k)
+
+
 def summary(res: Dict[str, Any], path: str) -> str:
     np_opts = dict(precision=4, suppress_small=True, max_line_width=100)
     lines = [
@@ -144,14 +156,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.out, res)
         print(f"parameters: {args.out}")
     if args.labels:
-        states = est.predict(X, lengths)
-        proba = est.predict_proba(X, lengths)
-        sequence = np.repeat(np.arange(1, len(lengths) + 1), lengths)
-        step = np.concatenate([np.arange(1, n + 1) for n in lengths])
-        k = proba.shape[1]
-        rows = np.column_stack([np.arange(1, len(X) + 1), sequence, step, states + 1, proba])
-        write_rows(args.labels, ["row", "sequence", "step", "state"] + [f"p_{j + 1}" for j in range(k)], rows,
-                   ["{:.0f}"] * 4 + ["{:.6g}"] * k)
+        write_labels(args.labels, est, X, lengths)
         print(f"states: {args.labels}")
     if args.plot:
         first = X[: int(lengths[0])]

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from . import compare, demo, fit_gmm, fit_hmm, fit_hw
+from . import compare, demo, fit_gmm, fit_hmm, fit_hw, predict
 from .errors import CliError
 
 PROG = "pyroem"
@@ -29,7 +29,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: ``demo``, ``fit {gmm, hardy-weinberg, hmm}``, ``compare {gmm, moth}``."""
+    """The full parser: ``demo``, ``fit {gmm, hardy-weinberg, hmm}``, ``predict``, ``compare {gmm, moth}``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an error")
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_hw.add_parser(models, [common])
     fit_hmm.add_parser(models, [common])
 
+    predict.add_parser(commands, [common])
     compare.add_parser(commands, [common])
     return parser
 

@@ -11,6 +11,8 @@ import torch
 from pyro.distributions import constraints
 
 import pyroem
+from test_engine_statistics import mixture as gaussian_mixture
+from test_engine_statistics import solve, statistics
 
 
 def data(n: int = 400) -> dict:
@@ -21,25 +23,6 @@ def data(n: int = 400) -> dict:
     x = torch.randn(n, generator=g, dtype=torch.float64)
     counts = torch.poisson(torch.where(z, (0.3 + 0.8 * x).exp(), (1.5 - 0.4 * x).exp()), generator=g)
     return {"y": y, "x": x, "counts": counts}
-
-
-def gaussian_mixture(y):
-    w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
-    loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
-    scale = pyro.param("scale", torch.tensor([1.0, 1.0], dtype=y.dtype), constraint=constraints.positive)
-    with pyro.plate("data", len(y)):
-        z = pyro.sample("z", dist.Categorical(w))
-        pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
-
-
-def statistics(expect, y):
-    r = expect.marginal("z")
-    return {"n": r.sum(0), "sy": r.T @ y, "syy": r.T @ y.square()}
-
-
-def solve(stats, y):
-    n, mean = stats["n"], stats["sy"] / stats["n"]
-    return {"w": n / n.sum(), "loc": mean, "scale": (stats["syy"] / n - mean.square()).sqrt()}
 
 
 def poisson_regression_mixture(x, counts):

@@ -479,3 +479,44 @@ def test_hmm_labels_are_hmmlearns_viterbi_states(capsys, tmp_path):
     np.testing.assert_array_equal(table[:, 3] - 1, ref.predict(X, [60, 60]))
     np.testing.assert_array_equal(table[:, 1], np.repeat([1, 2], 60))
     np.testing.assert_allclose(table[:, 4:], ref.predict_proba(X, [60, 60]), atol=1e-6)
+
+
+def test_predict_scores_and_labels_new_data_with_a_parameter_file(capsys, tmp_path):
+    """``pyroem predict PARAMS.json NEW.csv``: the mixture's log-likelihood of new rows as scipy
+    computes it from the saved parameters, the columns matched by name; an HMM's as hmmlearn's."""
+    from hmmlearn.hmm import GaussianHMM as Reference
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(4)
+    X = np.concatenate([rng.normal([-2, 0], 1.0, (80, 2)), rng.normal([2, 1], 0.7, (80, 2))])
+    new = rng.normal([0, 0.5], 2.0, (30, 2))
+    fitted = write_csv(tmp_path / "x.csv", np.column_stack([X, np.zeros(len(X))]), ["a", "b", "id"])
+    params, labels = tmp_path / "p.json", tmp_path / "l.csv"
+    code, _, err = run_cli(capsys, "fit", "gmm", fitted, "-k", "2", "--columns", "a,b", "--out", params)
+    assert code == 0, err
+    res = json.loads(params.read_text())
+    swapped = write_csv(tmp_path / "new.csv", new[:, ::-1], ["b", "a"])   # other column order: matched by name
+    code, out, err = run_cli(capsys, "predict", params, swapped, "--labels", labels)
+    assert code == 0, err
+    dens = np.stack([np.log(w) + multivariate_normal(m, c).logpdf(new)
+                     for w, m, c in zip(res["weights"], res["means"], res["covariances"])], 1)
+    expected = logsumexp(dens, axis=1).mean()
+    assert f"log-likelihood: {expected:.6f} per sample" in out
+    table = np.loadtxt(labels, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(table[:, 1], dens.argmax(1) + 1)
+
+    series = write_csv(tmp_path / "s.csv", np.concatenate([rng.normal(0, 1, (50, 1)), rng.normal(4, 1, (50, 1))]),
+                       ["x"])
+    code, _, err = run_cli(capsys, "fit", "hmm", series, "-k", "2", "--n-init", "1", "--out", params)
+    assert code == 0, err
+    res = json.loads(params.read_text())
+    code, out, err = run_cli(capsys, "predict", params, series, "--lengths", "40,60")
+    assert code == 0, err
+    ref = Reference(2, covariance_type="diag")
+    ref.startprob_, ref.transmat_ = np.asarray(res["startprob"]), np.asarray(res["transmat"])
+    ref.means_, ref.covars_ = np.asarray(res["means"]), np.diagonal(np.asarray(res["covars"]), axis1=1, axis2=2)
+    Xs = np.loadtxt(series, delimiter=",", skiprows=1).reshape(-1, 1)
+    assert f"log-likelihood {ref.score(Xs, [40, 60]):.6f}" in out
+    code, out, err = run_cli(capsys, "predict", tmp_path / "nothing.json", series)
+    assert code == 1 and "no such file" in err

@@ -143,3 +143,31 @@ def test_shape_mistakes_get_a_line_naming_site_shapes_and_cause():
     with pytest.raises(ValueError) as err:
         pyroem.EM(forgot_to_event).fit(torch.randn(10, 2), max_iter=2)
     assert any("dim -1 has size 2 where plate 'data' has 10" in n and ".to_event(1)" in n for n in err.value.__notes__)
+
+
+def test_small_fits_run_on_one_thread_and_a_users_count_wins(monkeypatch):
+    """A small fit runs on one thread and puts torch's count back; a count the user set is kept."""
+    import pyroem.threads as threads
+
+    seen = []
+
+    def model(y):
+        seen.append(torch.get_num_threads())
+        normal_mixture(y)
+
+    y = torch.tensor([-1.2, 0.3, 2.5, 1.9], dtype=torch.float64)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_AT_IMPORT", 4)   # as on a machine whose default is 4 threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    torch.set_num_threads(4)
+    try:
+        pyroem.EM(model).fit(y, max_iter=2)
+        assert set(seen[-3:]) == {1} and torch.get_num_threads() == 4
+        torch.set_num_threads(3)                      # the user's own choice
+        seen.clear()
+        pyro.clear_param_store()
+        pyroem.EM(model).fit(y, max_iter=2)
+        assert set(seen) == {3} and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -490,6 +490,27 @@ class GaussianMixture(Estimator):
         elif self.verbose >= 2:
             print(f"Initialization {msg}.\t lower bound {lb:.5f}.")
 
+    @classmethod
+    def from_params(cls, weights, means, covariances, covariance_type: str = "full", **kwargs) -> "GaussianMixture":
+        """A fitted estimator from saved parameters (``weights_``, ``means_``, ``covariances_`` in
+        scikit-learn's shapes for ``covariance_type``): it scores, predicts and samples as the one
+        that was fitted. ``kwargs`` are further constructor arguments."""
+        est = cls(n_components=len(np.asarray(weights)), covariance_type=covariance_type, **kwargs)
+        check_hyper_parameters(est)
+        dtype = resolve_dtype(est.dtype, np.asarray(means, dtype=np.float64))
+        k, d = np.asarray(means).shape
+        w = check_weights_init(weights, k, dtype, torch.device("cpu"))
+        m = check_means_init(means, k, d, dtype, torch.device("cpu"))
+        cov = torch.as_tensor(np.asarray(covariances, dtype=np.float64), dtype=dtype)
+        try:
+            inv = inv_scale_from_covariances(cov, covariance_type)
+        except RuntimeError as err:  # torch.linalg.LinAlgError: not positive definite
+            raise ValueError(f"covariances must be positive definite ({covariance_type}): {err}") from None
+        est._set_fitted({"weights": w, "means": m, "covariances": cov, "inv_scale": inv},
+                        torch.zeros(d, dtype=dtype), dtype, torch.device("cpu"), d)
+        est.converged_, est.n_iter_, est.lower_bound_ = True, 0, float("nan")
+        return est
+
     # -- using the fitted model ---------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "means_"):
