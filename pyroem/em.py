@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -16,15 +17,15 @@ from .checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_chec
 from .diagnostics import check_monotone, explain_nonfinite, rounding_slack, warn_collapse
 from .estep import contract_trace
 from .expectations import Expectations
-from .handlers import unconstrained
+from .handlers import param_constraint, unconstrained
 from .mstep import AutogradMStep, StartPoint, write_params
-from .model_trace import ModelTracer
+from .model_trace import ModelTracer, observation_count
 from .distributed import DataParallel
 from .online import StepSize, StepwiseStatistics, check_step_size
 from .pieces import Batches, DataPieces, PassStatistics
 from .pieces_mstep import maximize_over_pieces
 from .qfunction import QFunction, expected_log_joint
-from .results import EMResult
+from .results import EMResult, free_parameters
 from .squarem import squarem_step
 from .threads import threads_for
 from . import thresholds
@@ -482,10 +483,14 @@ class EM:
             self._leave_data_parallel()
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
+        observations = None
         if pieces is None:
             with torch.no_grad():
-                warn_collapse(self.tracer.trace(args, kwargs), self.params)
-        return EMResult(self.params, history[-1], history, n_iter, converged, reason)
+                final = self.tracer.trace(args, kwargs)
+            warn_collapse(final, self.params)
+            observations = observation_count(final)
+        return EMResult(self.params, history[-1], history, n_iter, converged, reason,
+                        self._free_parameters(), observations)
 
     # -- data in pieces, online EM ------------------------------------------------------
     def _pieces(self, data, batch_size, step_size, args: tuple, kwargs: dict):
@@ -589,6 +594,10 @@ class EM:
         self._parallel = None
 
     # -- helpers ---------------------------------------------------------------------
+    def _free_parameters(self) -> int:
+        store = pyro.get_param_store()
+        return sum(free_parameters(store.get_param(n), param_constraint(n, store)) for n in self._names())
+
     def _names(self) -> Tuple[str, ...]:
         return self.tracer.names()
 

@@ -28,6 +28,29 @@ from .packing import broadcast_shape
 from .shape_hints import add_shape_hint
 
 
+def observation_count(trace: Trace) -> float:
+    """The observations a trace scores: the entries of every observed site (MAP sites left out),
+    each weighted by its ``poutine.scale`` (counts given as weights count as many observations)
+    and its mask."""
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or not site["is_observed"] or is_map_site(site) or is_unscored(site):
+            continue
+        value = site["value"]
+        if not isinstance(value, torch.Tensor):
+            continue
+        event_dim = len(site["fn"].event_shape)
+        weight = torch.ones(value.shape[:value.dim() - event_dim], dtype=torch.float64, device=value.device)
+        if isinstance(site["scale"], torch.Tensor):
+            weight = weight * site["scale"].double()
+        else:
+            weight = weight * float(site["scale"])
+        if isinstance(site["mask"], torch.Tensor):
+            weight = weight * site["mask"].double()
+        total += float(weight.sum())
+    return total
+
+
 def compute_log_prob(trace: Trace) -> None:
     """``unscaled_log_prob`` and ``log_prob`` at every sample site but subsample ones, as
     :meth:`Trace.compute_log_prob` computes them, without its ``log_prob_sum``: a reduction

@@ -171,3 +171,40 @@ def test_small_fits_run_on_one_thread_and_a_users_count_wins(monkeypatch):
         assert set(seen) == {3} and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_aic_and_bic_count_free_parameters_from_constraints():
+    """A full-covariance mixture: K − 1 weights, K·D means, K·D(D+1)/2 per Cholesky factor — the
+    count scikit-learn's GaussianMixture uses — and n the rows; counts given as weights count as
+    that many observations."""
+    from sklearn.mixture import GaussianMixture as Reference
+
+    k, d = 3, 2
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([torch.randn(60, d, generator=g, dtype=torch.float64) + 4 * i for i in range(k)])
+
+    def model(X):
+        w = pyro.param("w", torch.ones(k, dtype=X.dtype) / k, constraint=constraints.simplex)
+        loc = pyro.param("loc", X[[0, 60, 120]].clone())
+        tril = pyro.param("tril", torch.eye(d, dtype=X.dtype).expand(k, d, d).clone(),
+                          constraint=constraints.lower_cholesky)
+        with pyro.plate("data", len(X)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("x", dist.MultivariateNormal(loc[z], scale_tril=tril[z]), obs=X)
+
+    res = pyroem.EM(model).fit(X, tol=1e-12, max_iter=500)
+    ref = Reference(k, tol=1e-12, max_iter=500, means_init=X[[0, 60, 120]].numpy(), reg_covar=0.0).fit(X.numpy())
+    assert res.n_parameters == ref._n_parameters() == (k - 1) + k * d + k * d * (d + 1) // 2
+    assert res.n_observations == 180
+    assert res.bic == pytest.approx(ref.bic(X.numpy()), rel=1e-7)
+    assert res.aic == pytest.approx(ref.aic(X.numpy()), rel=1e-7)
+
+    def counts_model(counts):
+        p = pyro.param("p", torch.tensor([0.3, 0.7], dtype=torch.float64), constraint=constraints.simplex)
+        with pyro.plate("categories", 2), pyro.poutine.scale(scale=counts):
+            pyro.sample("obs", dist.Categorical(p), obs=torch.arange(2))
+
+    pyro.clear_param_store()
+    res = pyroem.EM(counts_model).fit(torch.tensor([30.0, 70.0], dtype=torch.float64), max_iter=3)
+    assert res.n_parameters == 1 and res.n_observations == 100
+    assert res.bic == pytest.approx(-2 * (30 * np.log(0.3) + 70 * np.log(0.7)) + np.log(100), rel=1e-9)
