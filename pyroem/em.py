@@ -36,6 +36,7 @@ from .validation import (
     check_checkpoint,
     check_max_iter,
     check_max_plate_nesting,
+    check_n_init,
     check_model,
     check_statistics,
     check_tol,
@@ -273,7 +274,7 @@ class EM:
             checkpoint: Optional[Union[str, "os.PathLike[str]"]] = None, checkpoint_every: int = 10,
             resume: bool = False, accelerate: Optional[str] = None, data: Optional[Iterable] = None,
             final_m_step: bool = False, batch_size: Optional[int] = None, step_size: Optional[StepSize] = None,
-            **kwargs) -> EMResult:
+            n_init: int = 1, init: Optional[Callable[[int], None]] = None, **kwargs) -> EMResult:
         """Iterate until ``|Δ log p(y|θ)| ≤ tol · max(1, |log p(y|θ)|)`` or ``max_iter`` M-steps.
 
         ``tol=None`` leaves the stopping to ``max_iter`` and the callback.
@@ -296,6 +297,11 @@ class EM:
             and ``history[i]`` is the sum over pass ``i``'s batches of ``log p(batch|θ)`` at the θ
             each batch met (not monotone); the fit stops when it changes by at most ``tol``
             relatively. A fast start for big data: follow it with a batch fit.
+        :param n_init: fits from this many starts, the highest final log-likelihood kept: the
+            first from the current params, each other from ``init(i)`` (which sets the params), by
+            default the current params with their unconstrained values perturbed at random (torch's
+            RNG). ``result.init_log_likelihoods`` holds every start's final value. Not with
+            ``checkpoint``.
         :param final_m_step: also take the M-step after the last evaluation (when the fit stops
             by ``tol``, the callback or ``max_iter``), as scikit-learn and hmmlearn do: the
             returned ``params`` are then one step past ``history[-1]``, not evaluated, and
@@ -328,11 +334,45 @@ class EM:
         pieces = data is not None or batch_size is not None
         self.tracer.ensure_probed(*(DataPieces(data, args, kwargs).first() if data is not None else (args, kwargs)))
         work = self.tracer.work if not pieces else thresholds.SINGLE_THREAD_WORK  # pieces: large data
+        options = dict(max_iter=max_iter, tol=tol, progress=progress, callback=callback, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, resume=resume, accelerate=accelerate, data=data,
+                       final_m_step=final_m_step, batch_size=batch_size, step_size=step_size)
         with threads_for(work):
-            return self._fit(*args, max_iter=max_iter, tol=tol, progress=progress, callback=callback,
-                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                             accelerate=accelerate, data=data, final_m_step=final_m_step, batch_size=batch_size,
-                             step_size=step_size, **kwargs)
+            if n_init == 1 and init is None:
+                return self._fit(*args, **options, **kwargs)
+            return self._fit_restarts(check_n_init(n_init), init, checkpoint, args, options, kwargs)
+
+    def _fit_restarts(self, n_init: int, init: Optional[Callable[[int], None]], checkpoint, args: tuple,
+                      options: dict, kwargs: dict) -> EMResult:
+        """``n_init`` fits from different starts; the best one's params are left in the store."""
+        if checkpoint is not None:
+            raise ValueError("n_init > 1 restarts the fit from other params: give no checkpoint")
+        if init is not None and not callable(init):
+            raise TypeError(f"init must be callable(i) setting the params, got {type(init).__name__}")
+        start = self._snapshot()
+        best: Optional[Tuple[EMResult, Dict[str, torch.Tensor]]] = None
+        finals: List[float] = []
+        for i in range(n_init):
+            self._restore(start)
+            if i > 0:
+                if init is not None:
+                    init(i)
+                else:
+                    self._perturb(start)
+            result = self._fit(*args, **options, **kwargs)
+            finals.append(result.log_likelihood)
+            if best is None or result.log_likelihood > best[0].log_likelihood:
+                best = (result, self._snapshot())
+        self._restore(best[1])
+        best[0].init_log_likelihoods = finals
+        return best[0]
+
+    def _perturb(self, start: Dict[str, torch.Tensor]) -> None:
+        """Every fitted param at its start plus noise on its unconstrained value, ``N(0, s²)`` with
+        ``s = 1 + |u|`` per entry: large enough to leave a symmetric fixed point."""
+        with torch.no_grad():
+            for name, u in start.items():
+                unconstrained(name).copy_(u + (1.0 + u.abs()) * torch.randn_like(u))
 
     def _fit(self, *args, max_iter, tol, progress, callback, checkpoint, checkpoint_every, resume, accelerate,
              data, final_m_step, batch_size, step_size, **kwargs) -> EMResult:

@@ -30,6 +30,8 @@ class EMResult:
     n_parameters: Optional[int] = None
     #: observations: the entries of the observed sites, weighted by their ``poutine.scale``
     n_observations: Optional[float] = None
+    #: with ``fit(n_init=k)``: every start's final log-likelihood (the first from the given params)
+    init_log_likelihoods: List[float] = field(default_factory=list)
 
     @property
     def aic(self) -> float:

@@ -60,6 +60,12 @@ def check_max_iter(value: object) -> int:
     return int(value)
 
 
+def check_n_init(value: object) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"n_init must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def check_tol(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or math.isinf(value):
         raise ValueError(f"tol must be a finite number >= 0, got {value!r}")

@@ -208,3 +208,44 @@ def test_aic_and_bic_count_free_parameters_from_constraints():
     res = pyroem.EM(counts_model).fit(torch.tensor([30.0, 70.0], dtype=torch.float64), max_iter=3)
     assert res.n_parameters == 1 and res.n_observations == 100
     assert res.bic == pytest.approx(-2 * (30 * np.log(0.3) + 70 * np.log(0.7)) + np.log(100), rel=1e-9)
+
+
+def dawid_skene(labels):
+    """Items with a latent true class; each annotator reports it through its own confusion matrix."""
+    n_items, n_annotators = labels.shape
+    c = 3
+    pi = pyro.param("pi", torch.ones(c, dtype=torch.float64) / c, constraint=constraints.simplex)
+    theta = pyro.param("theta", torch.ones(n_annotators, c, c, dtype=torch.float64) / c,
+                       constraint=constraints.simplex)
+    with pyro.plate("items", n_items, dim=-1):
+        z = pyro.sample("z", dist.Categorical(pi))
+        with pyro.plate("annotators", n_annotators, dim=-2):
+            pyro.sample("y", dist.Categorical(theta[torch.arange(n_annotators).unsqueeze(-1), z]), obs=labels.T)
+
+
+def test_restarts_escape_the_symmetric_fixed_point_of_dawid_skene():
+    """From the uniform start EM stops at once, at the symmetric fixed point; the default restarts
+    (perturbed starts) find the classes: the annotators' labels as simulated are recovered."""
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(3, (150,), generator=g)
+    correct = torch.rand(150, 5, generator=g) < 0.8
+    noise = torch.randint(3, (150, 5), generator=g)
+    labels = torch.where(correct, truth.unsqueeze(1), noise)
+    one = pyroem.EM(dawid_skene).fit(labels)
+    assert one.converged and one.n_iter <= 3
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    best = pyroem.EM(dawid_skene).fit(labels, n_init=5)
+    assert len(best.init_log_likelihoods) == 5
+    assert best.init_log_likelihoods[0] == pytest.approx(one.log_likelihood, rel=1e-12)
+    assert best.log_likelihood == max(best.init_log_likelihoods) > one.log_likelihood + 100
+    z = pyroem.posterior(dawid_skene, labels)["z"].argmax(-1)
+    agreement = max(float((perm[z] == truth).float().mean())
+                    for perm in (torch.tensor(p) for p in __import__("itertools").permutations(range(3))))
+    assert agreement > 0.9
+    calls = []
+    pyro.clear_param_store()
+    pyroem.EM(dawid_skene).fit(labels, n_init=3, init=calls.append)
+    assert calls == [1, 2]
+    with pytest.raises(ValueError, match="n_init must be an int >= 1"):
+        pyroem.EM(dawid_skene).fit(labels, n_init=0)
