@@ -76,6 +76,8 @@ class EM:
         one piece (so pieces add up), and ``solve(stats, *args, **kwargs) -> {name: value}``.
         :meth:`statistics` and :meth:`solve` run them; :meth:`step` and :meth:`fit` run both on
         one piece as ``updates``.
+    :param fixed: names of params and MAP sites kept at their current values by every M-step
+        (closed-form values returned for them are ignored); they count out of ``aic``/``bic``.
     """
 
     #: the accepted values of ``fit(accelerate=...)`` besides None
@@ -83,8 +85,12 @@ class EM:
 
     def __init__(self, model: Callable, updates: Optional[Updates] = None,
                  max_plate_nesting: Optional[int] = None, *, statistics: Optional[Callable] = None,
-                 solve: Optional[Callable] = None) -> None:
+                 solve: Optional[Callable] = None, fixed: Iterable[str] = ()) -> None:
         self.model = check_model(model)
+        if isinstance(fixed, str) or not all(isinstance(n, str) for n in fixed):
+            raise TypeError("fixed must be a list of param (or MAP site) names")
+        #: params (and MAP sites) kept at their values through every M-step
+        self.fixed = frozenset(fixed)
         self.updates = check_updates(updates)
         self._statistics, self._solve = check_statistics(updates, statistics, solve)
         if self._solve is not None:
@@ -109,7 +115,7 @@ class EM:
 
     def _e_step(self, args: tuple, kwargs: dict, where: str, for_m_step: bool = True) -> Expectations:
         self.tracer.ensure_probed(args, kwargs)
-        names = self.tracer.names() if self.updates is None else self._autograd_names
+        names = self._fitted_names() if self.updates is None else self._autograd_names
         if not for_m_step:  # no autograd leaves: this E-step's trace starts no M-step
             names = None
         start = None
@@ -141,7 +147,7 @@ class EM:
     @tensor_arguments
     def m_step(self, expect: Expectations, *args, **kwargs) -> None:
         """Closed-form updates first, then L-BFGS on Q for every param they left out (ECM)."""
-        names = list(self.tracer.names())
+        names = self._fitted_names()
         new: Mapping[str, torch.Tensor] = {}
         if self.updates is not None:
             new = self.updates(expect, *args, **kwargs)
@@ -149,6 +155,7 @@ class EM:
                 new = {}
             if not isinstance(new, Mapping):
                 raise TypeError(f"updates must return a dict {{param name: value}}, got {type(new).__name__}")
+            new = {k: v for k, v in new.items() if k not in self.fixed}
             write_params(new, names)
         rest = [n for n in names if n not in new]
         self._autograd_names = tuple(rest)
@@ -226,10 +233,11 @@ class EM:
         if self._solve is None:
             raise ValueError("EM.solve needs EM(model, statistics=..., solve=...)")
         self.tracer.ensure_probed(args, kwargs)
-        names = list(self.tracer.names())
+        names = self._fitted_names()
         new = self._solve({k: v for k, v in stats.items() if k != "log_likelihood"}, *args, **kwargs)
         if not isinstance(new, Mapping):
             raise TypeError(f"solve must return a dict {{param name: value}}, got {type(new).__name__}")
+        new = {k: v for k, v in new.items() if k not in self.fixed}
         missing = [n for n in names if n not in new]
         if missing:
             raise ValueError(f"solve left out {', '.join(repr(n) for n in missing)}: from summed statistics "
@@ -372,7 +380,8 @@ class EM:
         ``s = 1 + |u|`` per entry: large enough to leave a symmetric fixed point."""
         with torch.no_grad():
             for name, u in start.items():
-                unconstrained(name).copy_(u + (1.0 + u.abs()) * torch.randn_like(u))
+                if name not in self.fixed:
+                    unconstrained(name).copy_(u + (1.0 + u.abs()) * torch.randn_like(u))
 
     def _fit(self, *args, max_iter, tol, progress, callback, checkpoint, checkpoint_every, resume, accelerate,
              data, final_m_step, batch_size, step_size, **kwargs) -> EMResult:
@@ -411,7 +420,7 @@ class EM:
             elif self._solve is not None:
                 self.solve(evaluation.stats, *evaluation.args, **evaluation.kwargs)
             else:
-                self.autograd_mstep.stationary = maximize_over_pieces(self.tracer, pieces)
+                self.autograd_mstep.stationary = maximize_over_pieces(self.tracer, pieces, self._fitted_names())
         history: List[float] = []
         n_iter = 0
         if path is not None:
@@ -636,7 +645,16 @@ class EM:
     # -- helpers ---------------------------------------------------------------------
     def _free_parameters(self) -> int:
         store = pyro.get_param_store()
-        return sum(free_parameters(store.get_param(n), param_constraint(n, store)) for n in self._names())
+        return sum(free_parameters(store.get_param(n), param_constraint(n, store)) for n in self._fitted_names())
+
+    def _fitted_names(self) -> List[str]:
+        """The params and MAP sites the M-step fits: the model's, less ``fixed``."""
+        names = self.tracer.names()
+        unknown = sorted(self.fixed - set(names))
+        if unknown:
+            raise ValueError(f"fixed names {', '.join(repr(n) for n in unknown)}, which the model does not "
+                             f"have (its params and MAP sites: {', '.join(names)})")
+        return [n for n in names if n not in self.fixed]
 
     def _names(self) -> Tuple[str, ...]:
         return self.tracer.names()

@@ -29,11 +29,11 @@ def _piece_q(tracer: ModelTracer, args: tuple, kwargs: dict, values) -> Optional
     return QFunction(tracer, expect, args, kwargs).try_value(values)
 
 
-def maximize_over_pieces(tracer: ModelTracer, pieces: Pieces, max_iter: int = 100) -> bool:
-    """Raise ``Σ_p Q_p`` from θₙ and write the maximizer to the param store (θₙ stays where no
-    point improves on it); returns whether L-BFGS stopped at a stationary point."""
+def maximize_over_pieces(tracer: ModelTracer, pieces: Pieces, names: List[str], max_iter: int = 100) -> bool:
+    """Raise ``Σ_p Q_p`` over the params ``names`` from θₙ and write the maximizer to the param
+    store (θₙ stays where no point improves on it); returns whether L-BFGS stopped at a
+    stationary point."""
     store = pyro.get_param_store()
-    names: List[str] = list(tracer.names())
     transforms = [transform_to(param_constraint(n, store)) for n in names]
     xs = [unconstrained(n).detach().clone().requires_grad_() for n in names]
 

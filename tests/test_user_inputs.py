@@ -249,3 +249,43 @@ def test_restarts_escape_the_symmetric_fixed_point_of_dawid_skene():
     assert calls == [1, 2]
     with pytest.raises(ValueError, match="n_init must be an int >= 1"):
         pyroem.EM(dawid_skene).fit(labels, n_init=0)
+
+
+def test_fixed_params_stay_put_through_every_m_step():
+    """``EM(model, fixed=["scale"])``: the scale stays at its value whether the M-step is the
+    engine's or closed-form; the rest reach scipy's maximum with the scale held; AIC counts it out."""
+    from scipy.optimize import minimize
+
+    def model(y):
+        w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
+        scale = pyro.param("scale", torch.tensor([0.8, 0.8], dtype=y.dtype), constraint=constraints.positive)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+
+    def updates(expect, y):   # also returns a scale, which fixed overrides
+        r = expect.marginal("z")
+        n = r.sum(0)
+        loc = r.T @ y / n
+        return {"w": n / n.sum(), "loc": loc, "scale": ((r * (y[:, None] - loc) ** 2).sum(0) / n).sqrt()}
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.randn(80, generator=g, dtype=torch.float64) - 2, torch.randn(120, generator=g,
+                                                                                  dtype=torch.float64) + 2])
+
+    def neg(t):
+        w = 1 / (1 + np.exp(-t[0]))
+        joint = np.stack([np.log(w) + norm.logpdf(y.numpy(), t[1], 0.8),
+                          np.log1p(-w) + norm.logpdf(y.numpy(), t[2], 0.8)], 1)
+        return -logsumexp(joint, axis=1).sum()
+
+    best = minimize(neg, np.array([0.0, -1.0, 1.0]), method="BFGS", options={"gtol": 1e-8})
+    for upd in (None, updates):
+        pyro.clear_param_store()
+        res = pyroem.EM(model, upd, fixed=["scale"]).fit(y, tol=1e-12, max_iter=500)
+        np.testing.assert_array_equal(res.params["scale"].numpy(), [0.8, 0.8])
+        assert res.log_likelihood == pytest.approx(-best.fun, rel=1e-9)
+        assert res.n_parameters == 3 and res.aic == pytest.approx(2 * best.fun + 6, rel=1e-9)
+    with pytest.raises(ValueError, match="fixed names 'sigma'"):
+        pyroem.EM(model, fixed=["sigma"]).fit(y, max_iter=2)
