@@ -103,6 +103,8 @@ def results(est, counts) -> Dict[str, Any]:
         "phenotypes": est.phenotypes,
         "counts": _by_phenotype(counts, est.system.phenotypes),
         "allele_freqs": est.allele_freqs_,
+        "allele_freqs_se": est.allele_freqs_se_,
+        "allele_freqs_ci95": est.allele_freqs_ci_,
         "genotype_freqs": est.genotype_freqs_,
         "expected_genotype_counts": est.expected_genotype_counts_,
         "log_likelihood": est.log_likelihood_,
@@ -125,8 +127,9 @@ def summary(res: Dict[str, Any], steps: bool) -> str:
         for step, (ll, freqs) in enumerate(zip(res["history"], res["allele_freqs_history"])):
             lines.append(f"{step:>4} {ll:>15.6f} " + " ".join(f"{freqs[a]:>10.6f}" for a in alleles))
     lines.append(f"{'converged' if res['converged'] else 'NOT converged'} after {res['n_iter']} EM step(s)")
-    lines.append(f"{'allele':<8} frequency")
-    lines += [f"{a:<8} {res['allele_freqs'][a]:.6f}" for a in alleles]
+    lines.append(f"{'allele':<8} {'frequency':>10} {'std. error':>11}   95% interval")
+    lines += [f"{a:<8} {res['allele_freqs'][a]:>10.6f} {res['allele_freqs_se'][a]:>11.6f}   "
+              f"({res['allele_freqs_ci95'][a][0]:.6f}, {res['allele_freqs_ci95'][a][1]:.6f})" for a in alleles]
     lines.append(f"log-likelihood {res['log_likelihood']:.6f} (multinomial coefficient left out)")
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from .diagnostics import check_monotone, explain_nonfinite, rounding_slack, warn
 from .estep import contract_trace
 from .expectations import Expectations
 from .handlers import param_constraint, unconstrained
+from .information import information_of
 from .mstep import AutogradMStep, StartPoint, write_params
 from .model_trace import ModelTracer, observation_count
 from .distributed import DataParallel
@@ -539,7 +540,8 @@ class EM:
             warn_collapse(final, self.params)
             observations = observation_count(final)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason,
-                        self._free_parameters(), observations)
+                        self._free_parameters(), observations,
+                        _information=None if pieces is not None else information_of(self, args, kwargs))
 
     # -- data in pieces, online EM ------------------------------------------------------
     def _pieces(self, data, batch_size, step_size, args: tuple, kwargs: dict):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -15,7 +15,9 @@ class EMResult:
     ``history[i]`` is ``log p(y|θᵢ)`` at the parameters step ``i + 1`` started from;
     ``log_likelihood`` is the value at the returned ``params`` (MAP sites add their log prior),
     ``history[-1]``; after ``fit(..., final_m_step=True)`` the params are one M-step past it.
-    ``aic`` and ``bic`` count the free parameters from their constraints (MAP sites included).
+    ``aic`` and ``bic`` count the free parameters from their constraints (MAP sites included);
+    ``standard_errors()``, ``covariance()`` and ``conf_int(alpha)`` come from the observed
+    information at the returned params.
     ``stop_reason`` says why the fit ended: ``"converged"``, ``"max_iter"``, ``"callback"`` (it
     returned True), ``"callback_error"`` (it raised) or ``"interrupted"`` (``KeyboardInterrupt``).
     """
@@ -32,6 +34,26 @@ class EMResult:
     n_observations: Optional[float] = None
     #: with ``fit(n_init=k)``: every start's final log-likelihood (the first from the given params)
     init_log_likelihoods: List[float] = field(default_factory=list)
+    _information: Optional[Callable] = field(default=None, repr=False, compare=False)
+
+    def information(self):
+        """The observed information at the returned params (:mod:`pyroem.information`); computed
+        on each call from the params as the param store holds them now."""
+        if self._information is None:
+            raise ValueError("this fit cannot give its observed information (data in pieces or online EM)")
+        return self._information()
+
+    def covariance(self) -> Dict[str, torch.Tensor]:
+        """Each param's covariance by the observed information and the delta method."""
+        return self.information().covariance()
+
+    def standard_errors(self) -> Dict[str, torch.Tensor]:
+        """Each param's standard errors, shaped like it."""
+        return self.information().standard_errors()
+
+    def conf_int(self, alpha: float = 0.05) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Wald intervals of level ``1 − alpha`` that stay inside each param's constraint."""
+        return self.information().conf_int(alpha)
 
     @property
     def aic(self) -> float:

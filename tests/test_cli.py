@@ -32,8 +32,9 @@ def run_cli(capsys, *argv):
 
 
 def allele_table(out):
-    """``{allele: frequency}`` from the summary's 'allele frequency' table."""
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+)\s+(0\.\d+)$", out, re.M)}
+    """``{allele: frequency}`` from the summary's 'allele frequency std. error interval' table."""
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(0\.\d+)\s+\d\.\d+\s+\(", out, re.M)}
 
 
 def write_csv(path, X, header=None):
@@ -69,6 +70,8 @@ def test_moth_preset_gives_textbook_estimate(capsys):
         assert freqs[allele] == pytest.approx(p, abs=6e-6)
     ll = float(re.search(r"log-likelihood (-?\d+\.\d+)", out).group(1))
     assert ll == pytest.approx(MOTH_LOGLIK, abs=1e-5)
+    # standard errors: the observed information (checked against finite differences in test_hardy_weinberg)
+    assert re.search(r"^C\s+0\.070837\s+0\.007411\s+\(0\.0576\d+, 0\.0868\d+\)$", out, re.M), out
 
 
 def test_abo_counts_by_name_and_json(capsys, tmp_path):

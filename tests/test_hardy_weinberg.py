@@ -298,3 +298,29 @@ def test_squarem_reaches_the_textbook_abo_estimate_in_fewer_steps(mstep):
     assert all(b >= a - 1e-9 for a, b in zip(fast.history_, fast.history_[1:]))
     with pytest.raises(ValueError, match="accelerate must be None or one of"):
         HardyWeinberg.abo(accelerate="aitken")
+
+
+def test_peppered_moth_standard_errors_match_a_finite_difference_information():
+    """``allele_freqs_se_``: the observed information on the simplex, as a central-difference
+    Hessian of the multinomial log-likelihood in (p_C, p_I) gives it; the intervals hold the
+    estimate inside (0, 1)."""
+    from pyroem.models import HardyWeinberg
+
+    m = HardyWeinberg.peppered_moth().fit({"carbonaria": 85, "insularia": 196, "typica": 341})
+    n = np.array([85.0, 196.0, 341.0])
+
+    def ll(t):
+        pc, pi = t
+        pt = 1 - pc - pi
+        return (n * np.log([pc ** 2 + 2 * pc * pi + 2 * pc * pt, pi ** 2 + 2 * pi * pt, pt ** 2])).sum()
+
+    x, h = np.array([m.allele_freqs_["C"], m.allele_freqs_["I"]]), 1e-5
+    e = np.eye(2) * h
+    hess = np.array([[(ll(x + e[i] + e[j]) - ll(x + e[i] - e[j]) - ll(x - e[i] + e[j]) + ll(x - e[i] - e[j]))
+                      / (4 * h * h) for j in range(2)] for i in range(2)])
+    cov = np.linalg.inv(-hess)
+    expected = {"C": np.sqrt(cov[0, 0]), "I": np.sqrt(cov[1, 1]), "T": np.sqrt(cov.sum())}
+    for allele, se in expected.items():
+        assert m.allele_freqs_se_[allele] == pytest.approx(se, rel=1e-4)
+        low, high = m.allele_freqs_ci_[allele]
+        assert 0 < low < m.allele_freqs_[allele] < high < 1

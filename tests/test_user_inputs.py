@@ -289,3 +289,52 @@ def test_fixed_params_stay_put_through_every_m_step():
         assert res.n_parameters == 3 and res.aic == pytest.approx(2 * best.fun + 6, rel=1e-9)
     with pytest.raises(ValueError, match="fixed names 'sigma'"):
         pyroem.EM(model, fixed=["sigma"]).fit(y, max_iter=2)
+
+
+def test_standard_errors_from_the_observed_information_match_a_finite_difference_hessian():
+    """A two-component normal mixture: the covariance of (w, loc, scale) by the exact Hessian and
+    the delta method equals the inverse of a central-difference Hessian of the negative
+    log-likelihood in (w₁, loc, scale) computed with scipy; the simplex block's rows sum to 0; the
+    intervals stay inside the constraints; a non-maximum is refused."""
+    def model(y):
+        w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
+        scale = pyro.param("scale", torch.tensor([1.0, 1.0], dtype=y.dtype), constraint=constraints.positive)
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.cat([torch.randn(120, generator=g, dtype=torch.float64) * 0.7 - 2,
+                   torch.randn(180, generator=g, dtype=torch.float64) + 1.5])
+    res = pyroem.EM(model).fit(y, tol=1e-14, max_iter=1000)
+    p = {k: v.numpy() for k, v in res.params.items()}
+    t0 = np.array([p["w"][0], *p["loc"], *p["scale"]])
+
+    def nll(t):
+        joint = np.stack([np.log(t[0]) + norm.logpdf(y.numpy(), t[1], t[3]),
+                          np.log1p(-t[0]) + norm.logpdf(y.numpy(), t[2], t[4])], 1)
+        return -logsumexp(joint, axis=1).sum()
+
+    h, n = 1e-4, len(t0)
+    hess = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            e_i, e_j = np.eye(n)[i] * h, np.eye(n)[j] * h
+            hess[i, j] = (nll(t0 + e_i + e_j) - nll(t0 + e_i - e_j) - nll(t0 - e_i + e_j) + nll(t0 - e_i - e_j)) / (4 * h * h)
+    ref = np.linalg.inv(hess)
+    cov = res.covariance()
+    np.testing.assert_allclose(cov["w"][0, 0], ref[0, 0], rtol=1e-4)
+    np.testing.assert_allclose(cov["loc"], ref[1:3, 1:3], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(cov["scale"], ref[3:, 3:], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(cov["w"].sum(1), 0.0, atol=1e-12)
+    se = res.standard_errors()
+    np.testing.assert_allclose(se["loc"].numpy(), np.sqrt(np.diag(ref)[1:3]), rtol=1e-4)
+    low, high = res.conf_int(0.05)["scale"]
+    assert bool((low > 0).all()) and bool((low < res.params["scale"]).all() and (high > res.params["scale"]).all())
+    wl, wh = res.conf_int(0.05)["w"]
+    assert bool((wl > 0).all() and (wh < 1).all())
+    pyro.clear_param_store()
+    start = pyroem.EM(model).fit(y, max_iter=0)
+    with pytest.raises(ValueError, match="not positive definite"):
+        start.standard_errors()

@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 from pyroem import EM, log_likelihood, posterior
+from pyroem.information import observed_information
 
 from ..exceptions import NotFittedError
 from .alleles import AlleleSystem, build_system, check_counts, check_init
@@ -87,7 +88,8 @@ class HardyWeinberg:
     ``phenotype_freqs_``, ``expected_genotype_counts_``, ``log_likelihood_`` (``Σ n_ph log P(ph)``,
     multinomial coefficient left out), ``history_`` (its value at the start of every step and at
     the end), ``allele_freqs_history_`` (one ``{allele: p}`` per entry of ``history_``),
-    ``n_iter_``, ``converged_``.
+    ``n_iter_``, ``converged_``, ``allele_freqs_se_`` (standard errors from the observed
+    information) and ``allele_freqs_ci_`` (95% Wald intervals on the logit scale, inside (0, 1)).
     """
 
     def __init__(self, alleles: Sequence[str], phenotypes: Mapping[Hashable, Sequence],
@@ -176,12 +178,30 @@ class HardyWeinberg:
             em = EM(self.model, updates=updates, max_plate_nesting=1)
             res = em.fit(y, max_iter=self.max_iter, tol=self.tol, callback=record, accelerate=self.accelerate)
             self._summarize(y, res.params["allele_freqs"])
+            self._uncertainty(em, y)
         self.history_ = list(res.history)
         self.log_likelihood_ = float(res.log_likelihood)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
         self.allele_freqs_history_ = [dict(zip(self.alleles, p.tolist())) for p in path]
         return self
+
+    def _uncertainty(self, em: EM, y: torch.Tensor) -> None:
+        """Standard errors and 95% intervals of the allele frequencies from the observed
+        information on the simplex (``pyroem.information``); NaN where it is singular (an allele
+        at frequency 0, or too few phenotypes to identify the frequencies)."""
+        try:
+            info = observed_information(em.tracer, ["allele_freqs"], (y,), {},
+                                        kinds={"allele_freqs": constraints.simplex})
+        except ValueError:
+            nan = [float("nan")] * len(self.alleles)
+            self.allele_freqs_se_ = dict(zip(self.alleles, nan))
+            self.allele_freqs_ci_ = {a: (float("nan"), float("nan")) for a in self.alleles}
+            return
+        se = info.standard_errors()["allele_freqs"].cpu().numpy().astype(np.float64)
+        low, high = (t.cpu().numpy().astype(np.float64) for t in info.conf_int(0.05)["allele_freqs"])
+        self.allele_freqs_se_ = dict(zip(self.alleles, se.tolist()))
+        self.allele_freqs_ci_ = {a: (float(lo), float(hi)) for a, lo, hi in zip(self.alleles, low, high)}
 
     def _load(self, freqs: torch.Tensor) -> None:
         constraint = constraints.real if self.mstep == "closed-form" else constraints.simplex
