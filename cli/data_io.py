@@ -61,8 +61,29 @@ def _delimiter(lines: Sequence[str]) -> str:
     return ","
 
 
-def read_table(path: str) -> Table:
-    """A CSV of numbers, with or without a header (a first row that is not all numbers).
+def _positions(columns: List[str], has_header: bool, text: str, path: str, option: str) -> List[int]:
+    """The positions of the columns ``text`` names (comma-separated header names or numbers from 1)."""
+    wanted = [c.strip() for c in text.split(",") if c.strip()]
+    if not wanted:
+        raise CliError(f"{option}: give column names or numbers, separated by commas")
+    picked = []
+    for item in wanted:
+        if item in columns:
+            picked.append(columns.index(item))
+        elif item.isdigit() and 1 <= int(item) <= len(columns):
+            picked.append(int(item) - 1)
+        else:
+            known = ", ".join(repr(c) for c in columns) if has_header else f"1 to {len(columns)}"
+            raise CliError(f"{option}: {path} has no column {item!r} (columns: {known})")
+    if len(set(picked)) != len(picked):
+        raise CliError(f"{option}: a column is named twice")
+    return picked
+
+
+def read_table(path: str, columns_text: Optional[str] = None, option: str = "--columns") -> Table:
+    """A CSV of numbers, with or without a header (a first row that is not all numbers); with
+    ``columns_text`` (comma-separated names or numbers from 1) only those columns, in that order, and
+    only they need to be numeric.
 
     Blank lines and lines starting with ``#`` are skipped; fields may be separated by commas,
     semicolons or tabs.
@@ -83,21 +104,25 @@ def read_table(path: str) -> Table:
     else:
         columns = [f"column {j + 1}" for j in range(len(first))]
     width = len(columns)
-    values = np.empty((len(rows), width), dtype=np.float64)
+    keep = list(range(width)) if columns_text is None else _positions(list(columns), has_header, columns_text,
+                                                                         path, option)
+    values = np.empty((len(rows), len(keep)), dtype=np.float64)
     for i, (line_no, cells) in enumerate(rows):
         if len(cells) != width:
             raise CliError(f"{path}, line {line_no}: {len(cells)} fields, expected {width} "
                            f"(as in the {'header' if has_header else 'first row'})")
-        for j, cell in enumerate(cells):
+        for out_j, j in enumerate(keep):
+            cell = cells[j]
             x = _number(cell)
             where = f"{path}, line {line_no}, column {columns[j]!r}"
             if x is None:
                 what = "an empty field (missing values are not supported)" if not cell else f"{cell!r}"
-                raise CliError(f"{where}: {what} is not a number; every column must be numeric")
+                raise CliError(f"{where}: {what} is not a number; every column read must be numeric "
+                               "(--columns picks the ones to read)")
             if not math.isfinite(x):
                 raise CliError(f"{where}: {cell!r} is not a finite number")
-            values[i, j] = x
-    return Table(values, list(columns), has_header, path)
+            values[i, out_j] = x
+    return Table(values, [columns[j] for j in keep], has_header, path)
 
 
 def read_model_file(path: str) -> Dict[str, Any]:
@@ -209,20 +234,7 @@ def select_columns(table: Table, text: Optional[str], option: str = "--columns")
     order; the whole table when ``text`` is None."""
     if text is None:
         return table
-    wanted = [c.strip() for c in text.split(",") if c.strip()]
-    if not wanted:
-        raise CliError(f"{option}: give column names or numbers, separated by commas")
-    picked = []
-    for item in wanted:
-        if item in table.columns:
-            picked.append(table.columns.index(item))
-        elif item.isdigit() and 1 <= int(item) <= len(table.columns):
-            picked.append(int(item) - 1)
-        else:
-            known = ", ".join(repr(c) for c in table.columns) if table.has_header else f"1 to {len(table.columns)}"
-            raise CliError(f"{option}: {table.path} has no column {item!r} (columns: {known})")
-    if len(set(picked)) != len(picked):
-        raise CliError(f"{option}: a column is named twice")
+    picked = _positions(table.columns, table.has_header, text, table.path, option)
     return Table(table.values[:, picked], [table.columns[j] for j in picked], table.has_header, table.path)
 
 

@@ -142,7 +142,7 @@ def label_like(table: Table) -> List[str]:
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         plotting.check_figure_path(args.plot)
-    table = select_columns(read_table(args.data), args.columns)
+    table = read_table(args.data, args.columns)
     est = fit(table, args)
     res = results(est, table)
     print(summary(res, table))

@@ -64,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from pyroem.models import CategoricalHMM, GaussianHMM, GaussianMixture
 
     res = _load(args.params)
-    table = _columns(read_table(args.data), res, args.params)
+    names = res.get("columns") or []
+    try:  # the fitted columns by name, where the data's header has them (others may be text)
+        table = read_table(args.data, ",".join(names)) if names else read_table(args.data)
+    except CliError:
+        table = read_table(args.data)
+    table = _columns(table, res, args.params)
     try:
         if res["model"] == "GaussianMixture":
             est = GaussianMixture.from_params(res["weights"], res["means"], res["covariances"],

@@ -80,7 +80,7 @@ def main() -> None:
               f"(converged: {result.converged})")
         for k in range(3):
             m = result.params["means"][k].tolist()
-            print(f"  component {k}: weight {float(result.params['weights'][k]):.4f}, "
+            print(f"  component {k + 1}: weight {float(result.params['weights'][k]):.4f}, "
                   f"mean ({m[0]:+.4f}, {m[1]:+.4f}), scale {float(result.params['scales'][k]):.4f}")
         print(f"GaussianMixture: mean log-likelihood {gmm.lower_bound_:.6f} after {gmm.n_iter_} steps")
         labels = gmm.predict(X.cpu().numpy())

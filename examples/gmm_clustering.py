@@ -57,7 +57,7 @@ def main() -> None:
     order = np.argsort(gmm.means_[:, 0])
     for k in order:
         m = gmm.means_[k]
-        print(f"component {k}: weight {gmm.weights_[k]:.3f}, mean ({m[0]:+.2f}, {m[1]:+.2f})")
+        print(f"component {k + 1}: weight {gmm.weights_[k]:.3f}, mean ({m[0]:+.2f}, {m[1]:+.2f})")
     print(f"points assigned to their own group: {agreement(group, label, 4):.1%}")
 
     pad = 1.5

@@ -66,7 +66,7 @@ class EM:
 
     E-step: the exact posterior of every enumerated latent at θₙ. M-step: ``updates(expect,
     *args, **kwargs)`` returns closed-form values for some params; the rest (and MAP sites)
-    maximize ``Q(θ|θₙ) = Σ_f ⟨w_f, log f(θ)⟩`` by L-BFGS on their unconstrained values.
+    maximize ``Q(θ|θₙ) = Σ_f ⟨w_f, log f(θ)⟩`` by Newton on their unconstrained values (L-BFGS for large blocks).
 
     :param model: a Pyro model; its ``pyro.param`` sites are θ, its discrete unobserved sample
         sites the latents (enumerated whether marked or not).
@@ -147,7 +147,7 @@ class EM:
 
     @tensor_arguments
     def m_step(self, expect: Expectations, *args, **kwargs) -> None:
-        """Closed-form updates first, then L-BFGS on Q for every param they left out (ECM)."""
+        """Closed-form updates first, then Newton on Q (L-BFGS for large blocks) for every param they left out (ECM)."""
         names = self._fitted_names()
         new: Mapping[str, torch.Tensor] = {}
         if self.updates is not None:

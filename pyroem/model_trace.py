@@ -249,8 +249,9 @@ class ModelTracer:
                 raise
 
     def ensure_probed(self, args: tuple, kwargs: dict) -> None:
-        """Probe the model on these arguments unless it has been probed already."""
-        if not self._probed:
+        """Probe the model on these arguments unless it has been probed already (and again where
+        the param store lost its params, e.g. after ``pyro.clear_param_store()``)."""
+        if not self._probed or any(n not in pyro.get_param_store() for n in self.param_names):
             self.probe(args, kwargs)
 
     def require_fittable(self) -> None:

@@ -523,3 +523,24 @@ def test_predict_scores_and_labels_new_data_with_a_parameter_file(capsys, tmp_pa
     assert f"log-likelihood {ref.score(Xs, [40, 60]):.6f}" in out
     code, out, err = run_cli(capsys, "predict", tmp_path / "nothing.json", series)
     assert code == 1 and "no such file" in err
+
+
+def test_columns_leave_a_text_column_unread(capsys, tmp_path):
+    """A CSV with a text label column: --columns reads only the named numeric columns; without it the
+    error says how to pick them; predict reads the fitted columns by name and ignores the text."""
+    path = tmp_path / "iris.csv"
+    X = np.random.default_rng(5).normal(size=(30, 2))
+    with open(path, "w") as f:
+        f.write("a,b,species\n")
+        for i, row in enumerate(X):
+            f.write(f"{row[0]},{row[1]},{'setosa' if i % 2 else 'virginica'}\n")
+    params = tmp_path / "p.json"
+    code, out, err = run_cli(capsys, "fit", "gmm", path, "-k", "2", "--columns", "a,b", "--out", params)
+    assert code == 0, err
+    assert "30 rows x 2 columns (a, b)" in out
+    sk = SkGaussianMixture(2, random_state=0).fit(X)
+    assert json.loads(params.read_text())["log_likelihood"] == pytest.approx(sk.score(X), rel=1e-8)
+    code, out, err = run_cli(capsys, "predict", params, path)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "fit", "gmm", path, "-k", "2")
+    assert code == 1 and "'virginica' is not a number" in err and "--columns picks the ones to read" in err

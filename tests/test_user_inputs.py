@@ -338,3 +338,13 @@ def test_standard_errors_from_the_observed_information_match_a_finite_difference
     start = pyroem.EM(model).fit(y, max_iter=0)
     with pytest.raises(ValueError, match="not positive definite"):
         start.standard_errors()
+
+
+def test_an_em_object_fits_again_after_the_param_store_is_cleared():
+    y = np.array([-1.2, 0.3, 2.5, 1.9, -0.4])
+    ll, _ = by_hand(y)
+    em = pyroem.EM(normal_mixture)
+    first = em.fit(y, max_iter=3)
+    pyro.clear_param_store()
+    again = em.fit(y, max_iter=3)   # the model's own initial params again
+    assert first.history[0] == pytest.approx(ll, rel=1e-12) and again.history[0] == pytest.approx(ll, rel=1e-12)
