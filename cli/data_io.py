@@ -104,8 +104,8 @@ def read_table(path: str, columns_text: Optional[str] = None, option: str = "--c
     else:
         columns = [f"column {j + 1}" for j in range(len(first))]
     width = len(columns)
-    keep = list(range(width)) if columns_text is None else _positions(list(columns), has_header, columns_text,
-                                                                         path, option)
+    keep = (list(range(width)) if columns_text is None
+            else _positions(list(columns), has_header, columns_text, path, option))
     values = np.empty((len(rows), len(keep)), dtype=np.float64)
     for i, (line_no, cells) in enumerate(rows):
         if len(cells) != width:

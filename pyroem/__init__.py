@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
+    "Bootstrap": "bootstrap",
+    "bootstrap": "bootstrap",
     "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "Comparison": "compare",

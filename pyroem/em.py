@@ -77,6 +77,10 @@ class EM:
         one piece (so pieces add up), and ``solve(stats, *args, **kwargs) -> {name: value}``.
         :meth:`statistics` and :meth:`solve` run them; :meth:`step` and :meth:`fit` run both on
         one piece as ``updates``.
+    :param missing: ``"marginalize"``: NaN entries of observed sites are left out of the
+        likelihood by masking their elements (a NaN anywhere in an event masks the whole event),
+        which integrates them out exactly where the likelihood factorizes over those elements;
+        None (the default): NaN data are an error.
     :param fixed: names of params and MAP sites kept at their current values by every M-step
         (closed-form values returned for them are ignored); they count out of ``aic``/``bic``.
     """
@@ -86,7 +90,7 @@ class EM:
 
     def __init__(self, model: Callable, updates: Optional[Updates] = None,
                  max_plate_nesting: Optional[int] = None, *, statistics: Optional[Callable] = None,
-                 solve: Optional[Callable] = None, fixed: Iterable[str] = ()) -> None:
+                 solve: Optional[Callable] = None, fixed: Iterable[str] = (), missing: Optional[str] = None) -> None:
         self.model = check_model(model)
         if isinstance(fixed, str) or not all(isinstance(n, str) for n in fixed):
             raise TypeError("fixed must be a list of param (or MAP site) names")
@@ -96,7 +100,9 @@ class EM:
         self._statistics, self._solve = check_statistics(updates, statistics, solve)
         if self._solve is not None:
             self.updates = self._statistics_then_solve
-        self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting))
+        if missing not in (None, "marginalize"):
+            raise ValueError(f"missing must be None (NaN in the data is an error) or 'marginalize', got {missing!r}")
+        self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting), missing=missing == "marginalize")
         self.autograd_mstep = AutogradMStep()
         self._last_step: Optional[tuple] = None
         # params the autograd M-step fitted last time: the E-step traces them as autograd leaves,

@@ -10,9 +10,16 @@ _VALUE = re.compile(r"at site '([^']+)'.*?not broadcastable with batch_shape\+ev
 _SITE = re.compile(r"at site '([^']+)'")
 
 
+_NAN = re.compile(r"at site '([^']+)'.*?found invalid values:.*?nan", re.S)
+
+
 def shape_hint(err: BaseException) -> Optional[str]:
-    """What a shape error from a model run most likely means, or None for other errors."""
+    """What a shape error (or NaN data) in a model run most likely means, or None for other errors."""
     msg = str(err)
+    m = _NAN.search(msg)
+    if m:
+        return (f"pyroem: site '{m.group(1)}' observes NaN values. To leave them out of the likelihood "
+                f"(integrated out where it factorizes over them), build EM(model, missing='marginalize')")
     m = _PLATE.search(msg)
     if m:
         plate, site, dim, size, got = m.groups()

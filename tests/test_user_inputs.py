@@ -348,3 +348,63 @@ def test_an_em_object_fits_again_after_the_param_store_is_cleared():
     pyro.clear_param_store()
     again = em.fit(y, max_iter=3)   # the model's own initial params again
     assert first.history[0] == pytest.approx(ll, rel=1e-12) and again.history[0] == pytest.approx(ll, rel=1e-12)
+
+
+def test_missing_values_are_marginalized_when_asked():
+    """``EM(model, missing="marginalize")``: NaN coordinates drop out of a factorized likelihood,
+    p(x_obs) = Σ_k w_k Π_{d observed} N(x_d | μ_kd, 1), as numpy computes it by hand; without the
+    option the error says how to ask for it."""
+    from pyro.ops.indexing import Vindex
+
+    def model(X):
+        w = pyro.param("w", torch.tensor([0.4, 0.6], dtype=X.dtype), constraint=constraints.simplex)
+        loc = pyro.param("loc", torch.tensor([[-1.0, 0.0, 1.0], [2.0, 1.0, 0.0]], dtype=X.dtype))
+        with pyro.plate("rows", X.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Categorical(w))
+            with pyro.plate("coords", X.shape[1], dim=-2):
+                mean = Vindex(loc)[z, torch.arange(X.shape[1]).unsqueeze(-1)]   # (coords, rows)
+                pyro.sample("x", dist.Normal(mean, 1.0), obs=X.T)
+
+    g = np.random.default_rng(0)
+    X = g.normal(size=(40, 3)) + np.where(g.random((40, 1)) < 0.5, -1.0, 1.5)
+    X[g.random((40, 3)) < 0.2] = np.nan
+    w, loc = np.array([0.4, 0.6]), np.array([[-1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])
+    per = np.where(np.isnan(X)[:, None, :], 0.0, norm.logpdf(X[:, None, :], loc[None], 1.0)).sum(-1)
+    expected = logsumexp(np.log(w) + per, axis=1).sum()
+    em = pyroem.EM(model, missing="marginalize")
+    res = em.fit(torch.as_tensor(X), max_iter=30)
+    assert res.history[0] == pytest.approx(expected, rel=1e-12)
+    assert all(b >= a - 1e-9 for a, b in zip(res.history, res.history[1:]))
+    pyro.clear_param_store()
+    with pytest.raises(ValueError) as err:
+        pyroem.EM(model).fit(torch.as_tensor(X), max_iter=1)
+    assert any("missing='marginalize'" in n for n in getattr(err.value, "__notes__", []))
+    with pytest.raises(ValueError, match="missing must be None"):
+        pyroem.EM(model, missing="drop")
+
+
+def test_parametric_bootstrap_agrees_with_the_observed_information_on_the_peppered_moth():
+    """The moths one by one (genotype latent, phenotype observed): 150 refits to data simulated from
+    the fit give standard errors within Monte Carlo error (about 6% at n = 150) of the Hessian's,
+    which match the textbook's gene-counting SEs; the param store is left at the fit."""
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]                   # C, I, T
+    emit = torch.nn.functional.one_hot(torch.tensor([0, 0, 0, 1, 1, 2]), 3).double()
+
+    def moth(y):
+        p = pyro.param("p", torch.ones(3, dtype=torch.float64) / 3, constraint=constraints.simplex)
+        genotype = torch.stack([p[i] * p[j] * (1 if i == j else 2) for i, j in pairs])
+        with pyro.plate("moths", len(y)):
+            g = pyro.sample("g", dist.Categorical(genotype))
+            pyro.sample("y", dist.Categorical(emit[g]), obs=y)
+
+    y = torch.cat([torch.zeros(85), torch.ones(196), 2 * torch.ones(341)]).long()
+    res = pyroem.EM(moth).fit(y, tol=1e-12)
+    hessian = res.standard_errors()["p"]
+    np.testing.assert_allclose(hessian.numpy(), [0.00741, 0.01221, 0.01348], atol=1e-5)
+    torch.manual_seed(0)
+    boot = pyroem.bootstrap(moth, y, n=150)
+    assert boot.estimates["p"].shape == (150, 3)
+    np.testing.assert_allclose(boot.standard_errors()["p"].numpy(), hessian.numpy(), rtol=0.2)
+    np.testing.assert_allclose(pyro.param("p").detach().numpy(), res.params["p"].numpy(), rtol=1e-15)
+    low, high = boot.conf_int(0.05)["p"]
+    assert bool((low < res.params["p"]).all() and (res.params["p"] < high).all())
