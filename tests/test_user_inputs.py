@@ -256,13 +256,7 @@ def test_fixed_params_stay_put_through_every_m_step():
     engine's or closed-form; the rest reach scipy's maximum with the scale held; AIC counts it out."""
     from scipy.optimize import minimize
 
-    def model(y):
-        w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
-        loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
-        scale = pyro.param("scale", torch.tensor([0.8, 0.8], dtype=y.dtype), constraint=constraints.positive)
-        with pyro.plate("data", len(y)):
-            z = pyro.sample("z", dist.Categorical(w))
-            pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+    from test_engine_statistics import mixture as model   # w, loc, scale; the scale set to 0.8 below
 
     def updates(expect, y):   # also returns a scale, which fixed overrides
         r = expect.marginal("z")
@@ -283,6 +277,7 @@ def test_fixed_params_stay_put_through_every_m_step():
     best = minimize(neg, np.array([0.0, -1.0, 1.0]), method="BFGS", options={"gtol": 1e-8})
     for upd in (None, updates):
         pyro.clear_param_store()
+        pyro.param("scale", torch.tensor([0.8, 0.8], dtype=y.dtype), constraint=constraints.positive)
         res = pyroem.EM(model, upd, fixed=["scale"]).fit(y, tol=1e-12, max_iter=500)
         np.testing.assert_array_equal(res.params["scale"].numpy(), [0.8, 0.8])
         assert res.log_likelihood == pytest.approx(-best.fun, rel=1e-9)
@@ -296,13 +291,7 @@ def test_standard_errors_from_the_observed_information_match_a_finite_difference
     the delta method equals the inverse of a central-difference Hessian of the negative
     log-likelihood in (w₁, loc, scale) computed with scipy; the simplex block's rows sum to 0; the
     intervals stay inside the constraints; a non-maximum is refused."""
-    def model(y):
-        w = pyro.param("w", torch.tensor([0.5, 0.5], dtype=y.dtype), constraint=constraints.simplex)
-        loc = pyro.param("loc", torch.tensor([-1.0, 1.0], dtype=y.dtype))
-        scale = pyro.param("scale", torch.tensor([1.0, 1.0], dtype=y.dtype), constraint=constraints.positive)
-        with pyro.plate("data", len(y)):
-            z = pyro.sample("z", dist.Categorical(w))
-            pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+    from test_engine_statistics import mixture as model
 
     g = torch.Generator().manual_seed(1)
     y = torch.cat([torch.randn(120, generator=g, dtype=torch.float64) * 0.7 - 2,
