@@ -36,24 +36,25 @@ class EMResult:
     init_log_likelihoods: List[float] = field(default_factory=list)
     _information: Optional[Callable] = field(default=None, repr=False, compare=False)
 
-    def information(self):
-        """The observed information at the returned params (:mod:`pyroem.information`); computed
-        on each call from the params as the param store holds them now."""
+    def information(self, method: str = "hessian"):
+        """The observed information at the returned params (:mod:`pyroem.information`), by the
+        Hessian of log p(y|θ) or by Louis' identity (``method="louis"``, mixtures); computed on
+        each call from the params as the param store holds them now."""
         if self._information is None:
             raise ValueError("this fit cannot give its observed information (data in pieces or online EM)")
-        return self._information()
+        return self._information(method)
 
-    def covariance(self) -> Dict[str, torch.Tensor]:
+    def covariance(self, method: str = "hessian") -> Dict[str, torch.Tensor]:
         """Each param's covariance by the observed information and the delta method."""
-        return self.information().covariance()
+        return self.information(method).covariance()
 
-    def standard_errors(self) -> Dict[str, torch.Tensor]:
+    def standard_errors(self, method: str = "hessian") -> Dict[str, torch.Tensor]:
         """Each param's standard errors, shaped like it."""
-        return self.information().standard_errors()
+        return self.information(method).standard_errors()
 
-    def conf_int(self, alpha: float = 0.05) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    def conf_int(self, alpha: float = 0.05, method: str = "hessian") -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         """Wald intervals of level ``1 − alpha`` that stay inside each param's constraint."""
-        return self.information().conf_int(alpha)
+        return self.information(method).conf_int(alpha)
 
     @property
     def aic(self) -> float:

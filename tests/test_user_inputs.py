@@ -323,10 +323,15 @@ def test_standard_errors_from_the_observed_information_match_a_finite_difference
     assert bool((low > 0).all()) and bool((low < res.params["scale"]).all() and (high > res.params["scale"]).all())
     wl, wh = res.conf_int(0.05)["w"]
     assert bool((wl > 0).all() and (wh < 1).all())
+    # Louis' identity: complete-data information minus the latents' share, the same matrix
+    for name, block in res.covariance(method="louis").items():
+        np.testing.assert_allclose(block.numpy(), cov[name].numpy(), rtol=1e-9, atol=1e-15)
     pyro.clear_param_store()
     start = pyroem.EM(model).fit(y, max_iter=0)
     with pytest.raises(ValueError, match="not positive definite"):
         start.standard_errors()
+    with pytest.raises(ValueError, match="method must be one of"):
+        res.standard_errors(method="sandwich")
 
 
 def test_an_em_object_fits_again_after_the_param_store_is_cleared():
@@ -397,3 +402,16 @@ def test_parametric_bootstrap_agrees_with_the_observed_information_on_the_pepper
     np.testing.assert_allclose(pyro.param("p").detach().numpy(), res.params["p"].numpy(), rtol=1e-15)
     low, high = boot.conf_int(0.05)["p"]
     assert bool((low < res.params["p"]).all() and (res.params["p"] < high).all())
+
+
+def test_louis_identity_is_refused_beyond_one_latent_per_datum():
+    def two_latents(y):
+        p = pyro.param("p", torch.tensor([0.3, 0.7], dtype=torch.float64), constraint=constraints.simplex)
+        with pyro.plate("data", len(y)):
+            a = pyro.sample("a", dist.Categorical(p))
+            b = pyro.sample("b", dist.Categorical(p))
+            pyro.sample("y", dist.Normal((a + b).double(), 1.0), obs=y)
+
+    res = pyroem.EM(two_latents).fit(torch.tensor([0.1, 1.2, 2.1, 0.9], dtype=torch.float64), max_iter=20)
+    with pytest.raises(ValueError, match="one enumerated latent per data point"):
+        res.standard_errors(method="louis")
