@@ -522,3 +522,44 @@ def test_callback_sees_every_step_and_can_end_a_run():
         stopped = GaussianMixture(3, random_state=0, callback=lambda n, lb, p: n == 2).fit(X)
     assert stopped.n_iter_ == 2 and not stopped.converged_
     assert_rel(stopped.lower_bounds_, ours.lower_bounds_[:2], 1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+def test_params_keeps_the_means_given_as_hmmlearn_does(covariance_type):
+    """``params="wc"`` with ``means_init``: the means stay; weights and covariances are EM's with
+    the scatter taken about the kept means (numpy by hand, converged)."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    X = iris()
+    means = np.array([[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.6, 3.0, 5.5, 2.0]])
+    ours = GaussianMixture(3, covariance_type=covariance_type, means_init=means, params="wc", tol=1e-12,
+                           max_iter=2000, reg_covar=1e-6).fit(X)
+    np.testing.assert_allclose(ours.means_, means, rtol=1e-12)
+    # numpy: EM with the means held, from the estimator's own start (one-hot k-means init replaced
+    # by the responsibilities at the given means with identity covariances)
+    d = X.shape[1]
+    w = np.full(3, 1 / 3)
+    cov = np.stack([np.cov(X.T)] * 3)
+    for _ in range(3000):
+        logp = np.stack([np.log(w[k]) + multivariate_normal(means[k], cov[k]).logpdf(X) for k in range(3)], 1)
+        r = np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
+        nk = r.sum(0)
+        w = nk / nk.sum()
+        full = np.stack([(r[:, k, None] * (X - means[k])).T @ (X - means[k]) / nk[k] for k in range(3)])
+        if covariance_type == "full":
+            cov = full + 1e-6 * np.eye(d)
+        elif covariance_type == "diag":
+            cov = np.stack([np.diag(np.diag(c)) for c in full]) + 1e-6 * np.eye(d)
+        elif covariance_type == "spherical":
+            cov = np.stack([np.eye(d) * np.trace(c) / d for c in full]) + 1e-6 * np.eye(d)
+        else:
+            cov = np.stack([(nk[:, None, None] * full).sum(0) / nk.sum()] * 3) + 1e-6 * np.eye(d)
+    np.testing.assert_allclose(np.sort(ours.weights_), np.sort(w), rtol=1e-6)
+    order = np.argsort(ours.means_[:, 0])
+    ref = {"full": cov, "diag": np.stack([np.diag(c) for c in cov]), "spherical": np.stack([c[0, 0] for c in cov]),
+           "tied": cov[0]}[covariance_type]
+    got = ours.covariances_ if covariance_type == "tied" else ours.covariances_[order]
+    np.testing.assert_allclose(got, ref if covariance_type == "tied" else ref[np.argsort(means[:, 0])], rtol=1e-5)
+    with pytest.raises(ValueError, match="params must be a string"):
+        GaussianMixture(3, params="wx").fit(X)

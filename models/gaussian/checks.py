@@ -138,6 +138,10 @@ def check_hyper_parameters(est) -> None:
         raise ValueError(f"verbose must be an int >= 0, got {est.verbose!r}")
     if not _is_int(est.verbose_interval) or est.verbose_interval < 1:
         raise ValueError(f"verbose_interval must be an int >= 1, got {est.verbose_interval!r}")
+    params = getattr(est, "params", "wmc")
+    if not isinstance(params, str) or set(params) - set("wmc"):
+        raise ValueError(f"params must be a string of the letters w (weights), m (means), c (covariances), "
+                         f"got {params!r}")
     chunk = getattr(est, "chunk_size", None)
     if chunk is not None and (not _is_int(chunk) or chunk < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk!r}")

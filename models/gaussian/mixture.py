@@ -98,9 +98,10 @@ class GMMUpdates:
     values of the latest update (covariances included).
     """
 
-    def __init__(self, reg_covar: float = 1e-6, per_point: bool = False) -> None:
+    def __init__(self, reg_covar: float = 1e-6, per_point: bool = False, params: str = "wmc") -> None:
         self.reg_covar = reg_covar
         self.per_point = per_point
+        self.params = params  # the params updated: w(eights), m(eans), c(ovariances); the rest kept
         self.last: Optional[Dict[str, torch.Tensor]] = None
 
     def _refinement(self, covariance_type: str, prefix: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -137,12 +138,34 @@ class GMMUpdates:
             gathered.refined, gathered.ref_scatter, gathered.ref_sums = refined, stats["ref_scatter"], stats["ref_sums"]
         nk, means, cov = parameters_from_statistics(gathered, self.reg_covar, covariance_type)
         weights = nk / nk.sum()
-        inv = inv_scale_from_covariances(cov, covariance_type)
+        store = pyro.get_param_store()
+        if "m" not in self.params:  # the scatter about the kept means: Σ̂ + δδᵀ with δ = μ̂ − μ
+            kept = store[prefix + "means"].detach()
+            cov = _about(cov, means - kept, nk, covariance_type)
+            means = kept
+        if "w" not in self.params:
+            weights = store[prefix + "weights"].detach()
+        if "c" not in self.params:
+            inv = store[prefix + "inv_scale"].detach()
+            cov = covariances_from_inv_scale(inv, covariance_type)
+        else:
+            inv = inv_scale_from_covariances(cov, covariance_type)
         self.last = {"weights": weights, "means": means, "covariances": cov, "inv_scale": inv}
         return {prefix + "weights": weights, prefix + "means": means, prefix + "inv_scale": inv}
 
     def __call__(self, expect, *args, **kwargs) -> Dict[str, torch.Tensor]:
         return self.solve(self.statistics(expect, *args, **kwargs), *args, **kwargs)
+
+
+def _about(cov: torch.Tensor, delta: torch.Tensor, nk: torch.Tensor, covariance_type: str) -> torch.Tensor:
+    """Covariances about other means: the weighted scatter about ``μ̂ − delta`` from that about ``μ̂``."""
+    if covariance_type == "full":
+        return cov + delta.unsqueeze(-1) * delta.unsqueeze(-2)
+    if covariance_type == "diag":
+        return cov + delta.square()
+    if covariance_type == "spherical":
+        return cov + delta.square().mean(-1)
+    return cov + (nk[:, None, None] * delta.unsqueeze(-1) * delta.unsqueeze(-2)).sum(0) / nk.sum()
 
 
 def _write_params(prefix: str, params: Dict[str, torch.Tensor], covariance_type: str) -> None:
@@ -191,6 +214,9 @@ class GaussianMixture(Estimator):
     from 1 in each initialization; ``params``: ``weights``, ``means``, ``covariances`` as
     tensors); a true return value ends that initialization after the step, unconverged.
     ``partial_fit`` runs online EM on mini-batches, with step sizes ``(t + 2)^(−step_size)``.
+    ``params`` (hmmlearn's convention) names the params ``fit`` updates, by letter: ``w`` weights,
+    ``m`` means, ``c`` covariances; the others keep their initial values (e.g. ``means_init`` with
+    ``params="wc"``).
     """
 
     model = staticmethod(gmm_model)
@@ -200,7 +226,7 @@ class GaussianMixture(Estimator):
                  weights_init=None, means_init=None, precisions_init=None, random_state=None,
                  warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
                  device=None, dtype=None, chunk_size: Optional[int] = None, callback=None,
-                 step_size: float = 0.6) -> None:
+                 step_size: float = 0.6, params: str = "wmc") -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -220,6 +246,7 @@ class GaussianMixture(Estimator):
         self.chunk_size = chunk_size
         self.callback = callback
         self.step_size = step_size
+        self.params = params
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
@@ -329,7 +356,7 @@ class GaussianMixture(Estimator):
         features = GaussianFeatures(Xc, self.covariance_type)
         args = (Xc, k, self.covariance_type, wfit, prefix, features)
         chunks = self._chunks(args)
-        updates = GMMUpdates(self.reg_covar)
+        updates = GMMUpdates(self.reg_covar, params=self.params)
         em = pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1)
         rs = check_random_state(self.random_state)
         n_init = 1 if warm else self.n_init
@@ -449,8 +476,12 @@ class GaussianMixture(Estimator):
         rule = PeerStopping(self.tol, scale=1.0 / wsum, first_offset=offset, previous=lb0, callback=self.callback,
                             show=show, report=self._print_iter_end)
         data = None if len(chunks) == 1 else chunks
-        result = rule.run(em, *(chunks[0] if data is None else ()), data=data, max_iter=self.max_iter,
-                          progress=self.verbose >= 1)
+        with warnings.catch_warnings():
+            # reg_covar makes the covariance update a regularized one, not Q's exact maximizer: near
+            # convergence log p(X|θ) may dip by rounding-sized amounts, as in scikit-learn
+            warnings.simplefilter("ignore", pyroem.MonotonicityWarning)
+            result = rule.run(em, *(chunks[0] if data is None else ()), data=data, max_iter=self.max_iter,
+                              progress=self.verbose >= 1)
         if result.stop_reason in ("interrupted", "callback_error"):  # the store holds the last evaluated θ
             params = show(result.params)
             params.update(means=params["means"] - shift, inv_scale=result.params[prefix + "inv_scale"])
