@@ -346,9 +346,11 @@ class EM:
             logger), so one script serves the first run and every restart. A file that is not a
             pyroem checkpoint, is truncated, or does not match the model raises ``ValueError``.
         """
-        pieces = data is not None or batch_size is not None
-        self.tracer.ensure_probed(*(DataPieces(data, args, kwargs).first() if data is not None else (args, kwargs)))
-        work = self.tracer.work if not pieces else thresholds.SINGLE_THREAD_WORK  # pieces: large data
+        if data is None and batch_size is None:
+            self.tracer.ensure_probed(args, kwargs)
+            work = self.tracer.work
+        else:  # data in pieces: large data (and the pieces are read once they are checked, in _fit)
+            work = thresholds.SINGLE_THREAD_WORK
         options = dict(max_iter=max_iter, tol=tol, progress=progress, callback=callback, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, resume=resume, accelerate=accelerate, data=data,
                        final_m_step=final_m_step, batch_size=batch_size, step_size=step_size)
@@ -431,7 +433,7 @@ class EM:
         history: List[float] = []
         n_iter = 0
         if path is not None:
-            self._fingerprint = data_fingerprint(*(pieces.first() if pieces is not None else (args, kwargs)))
+            self._fingerprint = data_fingerprint(*first)
             if pieces is not None:
                 self._fingerprint += f"; {pieces.count()} pieces"
         if resume:
@@ -540,11 +542,9 @@ class EM:
         if path is not None:
             self._save(path, history, n_iter, rng, converged, reason)
         observations = None
-        if pieces is None:
-            with torch.no_grad():
-                final = self.tracer.trace(args, kwargs)
-            warn_collapse(final, self.params)
-            observations = observation_count(final)
+        if pieces is None:  # the last E-step's trace (no second run of the model on all the data)
+            warn_collapse(expect.trace, self.params)
+            observations = observation_count(expect.trace)
         return EMResult(self.params, history[-1], history, n_iter, converged, reason,
                         self._free_parameters(), observations,
                         _information=None if pieces is not None else information_of(self, args, kwargs))
