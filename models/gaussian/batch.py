@@ -25,6 +25,7 @@ from ..kmeans import TorchDraws, initial_resp
 from .densities import (INV_SCALE_CONSTRAINTS, GaussianFeatures, components_to_refine, default_inv_scale,
                         estimate_gaussian_parameters, gaussian_statistics, inv_scale_from_covariances,
                         log_gaussian_table, parameters_from_statistics, precisions_cholesky)
+from .store import drop_params, write_params
 
 __all__ = ["BatchGMMUpdates", "BatchGaussianComponents", "batch_gmm_model", "fit_batch"]
 
@@ -127,26 +128,6 @@ class BatchGMMUpdates:
 
 def _where_active(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return torch.where(active.reshape(active.shape + (1,) * (new.dim() - 1)), new, old)
-
-
-def _write(prefix: str, params: Dict[str, torch.Tensor], covariance_type: str) -> None:
-    store = pyro.get_param_store()
-    cons = {"weights": constraints.simplex, "means": constraints.real,
-            "inv_scale": INV_SCALE_CONSTRAINTS[covariance_type]}
-    for name, constraint in cons.items():
-        if prefix + name in store:
-            del store[prefix + name]
-        value = params[name].detach().clone()
-        if name == "weights":
-            value = value / value.sum(-1, keepdim=True)
-        pyro.param(prefix + name, value, constraint=constraint)
-
-
-def _drop(prefix: str) -> None:
-    store = pyro.get_param_store()
-    for name in ("weights", "means", "inv_scale"):
-        if prefix + name in store:
-            del store[prefix + name]
 
 
 # -- fitting ------------------------------------------------------------------------------------
@@ -253,7 +234,7 @@ class BatchStopping:
 
 def _run_batch(em, updates, args, start, tol: float, max_iter: int, wsum: torch.Tensor):
     """One EM run for every dataset: ``pyroem.EM.fit`` under :class:`BatchStopping`."""
-    _write(args[-1], start, args[2])
+    write_params(args[-1], start, args[2])
     updates.active, updates.last = None, dict(start)
     rule = BatchStopping(updates, em, tol, wsum, start["weights"].double().sum(-1).log().to(wsum.dtype))
     em.fit(*args, max_iter=max_iter, tol=None, callback=rule, final_m_step=True)
@@ -309,10 +290,10 @@ def fit_batch(est, X, sample_weight=None) -> list:
             best["hist"] = _merge_hist(better, hist, best["hist"])
             best["lb"] = torch.where(better, lb, best["lb"])
             best["scores"].append(lb)
-        _write(prefix, best["params"], ct)
+        write_params(prefix, best["params"], ct)
         final = em.e_step(*args).log_likelihood_by("fits") / wsum
     finally:
-        _drop(prefix)
+        drop_params(prefix)
     n_bad = int((~best["converged"]).sum())
     if n_bad:
         warnings.warn(f"{n_bad} of {b} fits did not converge. Try different init parameters, or increase "

@@ -20,6 +20,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
+
 import pyroem
 from pyroem.distributed import DataParallel
 from pyroem.threads import threads_for
@@ -58,10 +59,10 @@ from .densities import (
     precisions,
     precisions_cholesky,
 )
+from .store import PARAM_NAMES, drop_params, write_params
 
 __all__ = ["GaussianMixture", "GMMUpdates", "gmm_model", "ConvergenceWarning", "NotFittedError"]
 
-PARAM_NAMES = ("weights", "means", "inv_scale")
 _fit_ids = itertools.count()
 _RESP_ELEMENTS = 1 << 22  # responsibilities (components x rows) per E-step when chunk_size is None
 
@@ -168,27 +169,6 @@ def _about(cov: torch.Tensor, delta: torch.Tensor, nk: torch.Tensor, covariance_
     return cov + (nk[:, None, None] * delta.unsqueeze(-1) * delta.unsqueeze(-2)).sum(0) / nk.sum()
 
 
-def _write_params(prefix: str, params: Dict[str, torch.Tensor], covariance_type: str) -> None:
-    store = pyro.get_param_store()
-    cons = {"weights": constraints.simplex, "means": constraints.real,
-            "inv_scale": INV_SCALE_CONSTRAINTS[covariance_type]}
-    for name in PARAM_NAMES:
-        full = prefix + name
-        value = params[name].detach().clone()
-        if name == "weights":
-            value = value / value.sum()
-        if full in store:
-            del store[full]
-        store.setdefault(full, value, constraint=cons[name])
-
-
-def _drop_params(prefix: str) -> None:
-    store = pyro.get_param_store()
-    for name in PARAM_NAMES:
-        if prefix + name in store:
-            del store[prefix + name]
-
-
 def _is_count(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -292,11 +272,11 @@ class GaussianMixture(Estimator):
         prefix = online["prefix"]
         Xc = Xt - online["shift"]
         wsum = float(Xc.shape[0]) if w is None else float(w.sum())
-        _write_params(prefix, online["params"], self.covariance_type)
+        write_params(prefix, online["params"], self.covariance_type)
         try:
             ll = online["em"].online_step(online["state"], Xc, k, self.covariance_type, w, prefix)
         finally:
-            _drop_params(prefix)
+            drop_params(prefix)
         online["params"] = online["updates"].last
         online["n_iter"] += 1
         self._set_fitted(online["params"], online["shift"], dtype, device, d)
@@ -317,8 +297,9 @@ class GaussianMixture(Estimator):
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then label ``X`` by a final E-step (consistent with ``fit(X).predict(X)``)."""
         shape = getattr(X, "shape", (len(X), 1) if hasattr(X, "__len__") else (0, 0))
+        k = int(self.n_components) if _is_count(self.n_components) else 1  # checked in _fit_predict
         # small fits run on one thread (pyroem.threads): the pool's hand-offs cost more than the work
-        with threads_for(int(np.prod(shape)) * max(1, int(self.n_components) if _is_count(self.n_components) else 1)):
+        with threads_for(int(np.prod(shape)) * max(1, k)):
             return self._fit_predict(X, sample_weight)
 
     def _fit_predict(self, X, sample_weight) -> np.ndarray:
@@ -378,7 +359,7 @@ class GaussianMixture(Estimator):
                 warnings.warn("Best performing initialization did not converge. Try different init "
                               "parameters, or increase max_iter, tol, or check for degenerate data.",
                               ConvergenceWarning, stacklevel=2)
-            _write_params(prefix, best, self.covariance_type)
+            write_params(prefix, best, self.covariance_type)
             final, parts = None, []
             for cargs in chunks:
                 expect = em.e_step(*cargs)
@@ -387,7 +368,7 @@ class GaussianMixture(Estimator):
             final_ll = (float(final) if parallel is None else parallel.sum_float(float(final))) / wsum
             labels = torch.cat(parts)
         finally:
-            _drop_params(prefix)
+            drop_params(prefix)
         self._set_fitted(best, shift, dtype, device, d)
         self.n_iter_ = best_n_iter
         self.lower_bound_ = best_lb
@@ -460,7 +441,7 @@ class GaussianMixture(Estimator):
         lower bound of a step is the mean log-likelihood before its M-step; the E-step runs on
         each chunk of rows and the M-step solves from the statistics summed over them."""
         prefix = args[4]
-        _write_params(prefix, start, self.covariance_type)
+        write_params(prefix, start, self.covariance_type)
         if self.max_iter == 0:
             return start, 0, -math.inf, [], False
         # scikit-learn scores the start with its weights as given: one-hot initial responsibilities
