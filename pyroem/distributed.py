@@ -16,10 +16,6 @@ import torch
 T = TypeVar("T")
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
 class DataParallel:
     """The default process group of ``torch.distributed`` while it has more than one rank."""
 
@@ -49,9 +45,8 @@ class DataParallel:
         self._dist.broadcast(out, src=src)
         return out
 
-    def sum_float(self, value: float, like: Optional[torch.Tensor] = None) -> float:
-        device = like.device if like is not None else torch.device("cpu")
-        return float(self.sum(torch.tensor(value, dtype=torch.float64, device=device)))
+    def sum_float(self, value: float) -> float:
+        return float(self.sum(torch.tensor(value, dtype=torch.float64)))
 
     def sum_dict(self, stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: self.sum(v) for k, v in stats.items()}
@@ -76,8 +71,3 @@ class DataParallel:
         failed = [(r, m) for r, m in enumerate(messages) if m is not None]
         rank, message = failed[0]
         raise RuntimeError(f"{what} failed on rank {rank} of {self.world_size}, so every rank stops: {message}")
-
-
-def reducer(parallel: Optional[DataParallel]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``t ↦ Σ_ranks t`` in a process group, the identity otherwise."""
-    return _identity if parallel is None else parallel.sum

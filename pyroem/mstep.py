@@ -18,7 +18,7 @@ from torch.distributions import constraints, transform_to
 
 from .diagnostics import rounding_slack
 from .handlers import param_constraint, unconstrained
-from .newton import maximize
+from .newton import maximize, summed_value
 from .probability_updates import probability_updates
 from .qfunction import QFunction
 
@@ -111,14 +111,6 @@ class AutogradMStep:
         #: sums over the ranks of a data-parallel fit (None: one process)
         self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
-    def _total(self, q: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """A value of Q summed over the ranks; None where it is infeasible on some rank."""
-        if self.reduce is None:
-            return q
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-        total = self.reduce(nan if q is None else q.detach().double())
-        return total if bool(torch.isfinite(total)) else None
-
     def __call__(self, names: List[str], qf: QFunction, start: Optional[StartPoint] = None) -> None:
         store = pyro.get_param_store()
         kinds = {n: param_constraint(n, store) for n in names}
@@ -164,9 +156,9 @@ class AutogradMStep:
                 stationary = out.stationary
         elif self.verify and new_u:
             with torch.no_grad():
-                q0 = self._total(qf.value(start.trace))
+                q0 = summed_value(qf.value(start.trace), self.reduce)
                 values = {n: transform_to(kinds[n])(u) for n, u in new_u.items()}
-                q1 = self._total(qf.try_value(values))
+                q1 = summed_value(qf.try_value(values), self.reduce)
             if q0 is None or q1 is None or float(q1) < float(q0) - rounding_slack(float(q0), q0.dtype):
                 new_u, stationary = {}, False
         with torch.no_grad():

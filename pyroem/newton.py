@@ -183,14 +183,22 @@ def newton_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 50,
     return Outcome([x.detach() for x in xs], float(q_total), stationary)
 
 
+def summed_value(q: Optional[torch.Tensor], reduce: Reduce,
+                 device: Optional[torch.device] = None) -> Optional[torch.Tensor]:
+    """A value ``q`` (None: infeasible) summed over the ranks, in float64; None where it is
+    infeasible or not finite on some rank. ``q`` itself in one process."""
+    if reduce is None:
+        return q
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=device)
+    total = reduce(nan if q is None else q.detach().double())
+    return total if bool(torch.isfinite(total)) else None
+
+
 def _value(f: Objective, xs: List[torch.Tensor], reduce: Reduce) -> Optional[torch.Tensor]:
     """``f`` at ``xs`` without a graph, summed over the ranks; None where infeasible on some rank."""
     with torch.no_grad():
         q = f(xs)
-    if reduce is None:
-        return q
-    q = reduce(torch.tensor(float("nan"), dtype=xs[0].dtype, device=xs[0].device) if q is None else q)
-    return q if bool(torch.isfinite(q)) else None
+    return summed_value(q, reduce, xs[0].device)
 
 
 def lbfgs_maximize(f: Objective, xs: List[torch.Tensor], max_iter: int = 200, reduce: Reduce = None
