@@ -49,7 +49,7 @@ def add_parser(subparsers, parents) -> None:
     p.set_defaults(run=run)
 
 
-def _lengths(text: Optional[str], n_rows: int, path: str) -> np.ndarray:
+def sequence_lengths(text: Optional[str], n_rows: int, path: str) -> np.ndarray:
     if text is None:
         return np.array([n_rows])
     lengths = parse_int_list(text, "--lengths")
@@ -58,7 +58,7 @@ def _lengths(text: Optional[str], n_rows: int, path: str) -> np.ndarray:
     return np.array(lengths)
 
 
-def _symbols(table: Table) -> np.ndarray:
+def symbols_column(table: Table) -> np.ndarray:
     """One column of whole numbers >= 0 as ints ``(n, 1)``."""
     X = table.values
     if X.shape[1] != 1:
@@ -74,11 +74,11 @@ def fit(table: Table, args: argparse.Namespace):
     """The fitted estimator, the data it saw and the lengths."""
     from pyroem.models import CategoricalHMM, GaussianHMM
 
-    lengths = _lengths(args.lengths, table.values.shape[0], table.path)
+    lengths = sequence_lengths(args.lengths, table.values.shape[0], table.path)
     common = dict(n_components=args.states, n_iter=args.max_iter, tol=args.tol, random_state=args.seed,
                   n_init=args.n_init)
     if args.emission == "categorical":
-        X = _symbols(table)
+        X = symbols_column(table)
         est = CategoricalHMM(**common)
     else:
         X = table.values

@@ -11,7 +11,7 @@ import numpy as np
 from .data_io import Table, read_table, select_columns
 from .errors import CliError
 from .fit_gmm import write_labels as write_gmm_labels
-from .fit_hmm import _lengths, _symbols
+from .fit_hmm import sequence_lengths, symbols_column
 from .fit_hmm import write_labels as write_hmm_labels
 
 HELP = "score and label new data with a parameter file of 'pyroem fit ... --out'"
@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"labels: {args.labels}")
             return 0
         k = len(res["startprob"])
-        lengths = _lengths(args.lengths, table.values.shape[0], table.path)
+        lengths = sequence_lengths(args.lengths, table.values.shape[0], table.path)
         if res["model"] == "CategoricalHMM":
-            est, X = CategoricalHMM(k), _symbols(table)
+            est, X = CategoricalHMM(k), symbols_column(table)
             est.emissionprob_ = np.asarray(res["emissionprob"], dtype=np.float64)
         else:
             est, X = GaussianHMM(k, covariance_type=res.get("covariance_type", "diag")), table.values
