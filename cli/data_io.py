@@ -80,10 +80,16 @@ def _positions(columns: List[str], has_header: bool, text: str, path: str, optio
     return picked
 
 
-def read_table(path: str, columns_text: Optional[str] = None, option: str = "--columns") -> Table:
+#: fields read as missing values under ``--missing`` (compared without case), besides an empty one
+MISSING_MARKS = ("na", "n/a", "nan", "null", "none")
+
+
+def read_table(path: str, columns_text: Optional[str] = None, option: str = "--columns",
+               missing: bool = False) -> Table:
     """A CSV of numbers, with or without a header (a first row that is not all numbers); with
     ``columns_text`` (comma-separated names or numbers from 1) only those columns, in that order, and
-    only they need to be numeric.
+    only they need to be numeric. With ``missing``, an empty field (or NA, N/A, NaN, null, None)
+    is a missing value, read as NaN; without it, it is an error that names ``--missing``.
 
     Blank lines and lines starting with ``#`` are skipped; fields may be separated by commas,
     semicolons or tabs.
@@ -96,7 +102,8 @@ def read_table(path: str, columns_text: Optional[str] = None, option: str = "--c
     rows = [(n, [c.strip() for c in cells])
             for (n, _), cells in zip(numbered, csv.reader([line for _, line in numbered], delimiter=sep))]
     first = rows[0][1]
-    has_header = any(_number(c) is None for c in first)
+    # a header: a first row with a field that is neither a number nor a missing value
+    has_header = any(_number(c) is None and not _is_missing_mark(c) for c in first)
     if has_header:
         columns, rows = first, rows[1:]
         if not rows:
@@ -113,16 +120,25 @@ def read_table(path: str, columns_text: Optional[str] = None, option: str = "--c
                            f"(as in the {'header' if has_header else 'first row'})")
         for out_j, j in enumerate(keep):
             cell = cells[j]
+            if missing and _is_missing_mark(cell):
+                values[i, out_j] = np.nan
+                continue
             x = _number(cell)
             where = f"{path}, line {line_no}, column {columns[j]!r}"
-            if x is None:
-                what = "an empty field (missing values are not supported)" if not cell else f"{cell!r}"
-                raise CliError(f"{where}: {what} is not a number; every column read must be numeric "
+            if x is None or (math.isnan(x) and not missing):
+                if not cell or _is_missing_mark(cell):
+                    raise CliError(f"{where}: {'an empty field' if not cell else repr(cell)} is a missing value; "
+                                   "give --missing to integrate missing values out of the fit")
+                raise CliError(f"{where}: {cell!r} is not a number; every column read must be numeric "
                                "(--columns picks the ones to read)")
             if not math.isfinite(x):
                 raise CliError(f"{where}: {cell!r} is not a finite number")
             values[i, out_j] = x
     return Table(values, [columns[j] for j in keep], has_header, path)
+
+
+def _is_missing_mark(cell: str) -> bool:
+    return not cell or cell.lower() in MISSING_MARKS
 
 
 def read_model_file(path: str) -> Dict[str, Any]:

@@ -47,6 +47,9 @@ def add_parser(subparsers, parents) -> None:
                    help="stop when the mean log-likelihood per sample changes by less (default 1e-3)")
     p.add_argument("--n-init", type=positive_int, default=1, help="number of starts, the best kept (default 1)")
     p.add_argument("--init", choices=INITS, default="kmeans", help="initialization (default: kmeans)")
+    p.add_argument("--missing", action="store_true",
+                   help="read empty fields (and NA, NaN) as missing values and integrate them out of the fit "
+                        "(EM for incomplete data); without it they are an error")
     p.set_defaults(run=run)
 
 
@@ -60,7 +63,7 @@ def fit(table: Table, args: argparse.Namespace):
                        f"needs at least {max(args.components, 2)}")
     est = GaussianMixture(n_components=args.components, covariance_type=args.covariance, tol=args.tol,
                           max_iter=args.max_iter, n_init=args.n_init, init_params=args.init,
-                          random_state=args.seed)
+                          random_state=args.seed, missing="marginalize" if args.missing else None)
     with warnings_as_notes(), fit_progress(args.max_iter, "EM") as callback:
         est.set_params(callback=callback)
         est.fit(table.values)
@@ -77,6 +80,7 @@ def results(est, table: Table) -> Dict[str, Any]:
         "n_components": int(est.n_components),
         "n_samples": int(X.shape[0]),
         "n_features": int(X.shape[1]),
+        "n_missing": int(np.isnan(X).sum()),
         "columns": table.columns,
         "weights": est.weights_,
         "means": est.means_,
@@ -104,6 +108,7 @@ def summary(res: Dict[str, Any], table: Table) -> str:
         + (f" ({', '.join(table.columns)})" if table.has_header else " (no header)"),
         f"Gaussian mixture, {res['n_components']} component(s), {res['covariance_type']} covariance: "
         f"{'converged' if res['converged'] else 'NOT converged'} after {res['n_iter']} EM step(s)",
+        *([f"missing values: {res['n_missing']} entries, integrated out"] if res["n_missing"] else []),
         f"log-likelihood: {res['log_likelihood']:.6f} per sample (total {res['log_likelihood_total']:.4f}); "
         f"BIC {res['bic']:.2f}, AIC {res['aic']:.2f}",
         f"{'component':>9}  {'weight':>7}  mean",
@@ -142,7 +147,7 @@ def label_like(table: Table) -> List[str]:
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         plotting.check_figure_path(args.plot)
-    table = read_table(args.data, args.columns)
+    table = read_table(args.data, args.columns, missing=args.missing)
     est = fit(table, args)
     res = results(est, table)
     print(summary(res, table))

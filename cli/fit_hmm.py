@@ -40,6 +40,9 @@ def add_parser(subparsers, parents) -> None:
     p.add_argument("--n-init", type=positive_int, default=N_INIT,
                    help=f"fits from this many random starts, the best one kept (default {N_INIT}): "
                         "one start often ends at a poor local maximum")
+    p.add_argument("--missing", action="store_true",
+                   help="read empty fields (and NA, NaN) as missing values and integrate them out of the fit "
+                        "(Gaussian emissions); without it they are an error")
     p.add_argument("--out", metavar="PARAMS.json", help="write the fitted parameters as JSON")
     p.add_argument("--labels", metavar="STATES.csv",
                    help="write each row's Viterbi state (numbered from 1, as printed) and its posterior probabilities")
@@ -78,13 +81,15 @@ def fit(table: Table, args: argparse.Namespace):
     common = dict(n_components=args.states, n_iter=args.max_iter, tol=args.tol, random_state=args.seed,
                   n_init=args.n_init)
     if args.emission == "categorical":
+        if args.missing:
+            raise CliError("--missing applies to Gaussian emissions; categorical symbols cannot be missing")
         X = symbols_column(table)
         est = CategoricalHMM(**common)
     else:
         X = table.values
         if X.shape[0] < args.states:
             raise CliError(f"{table.path}: {X.shape[0]} data row(s), fewer than --states {args.states}")
-        est = GaussianHMM(covariance_type=args.covariance, **common)
+        est = GaussianHMM(covariance_type=args.covariance, missing="marginalize" if args.missing else None, **common)
     with warnings_as_notes(), fit_progress(args.max_iter, "Baum-Welch") as callback:
         est.callback = callback
         est.fit(X, lengths)
@@ -97,6 +102,7 @@ def results(est, X: np.ndarray, lengths: np.ndarray, table: Table, emission: str
         "model": type(est).__name__,
         "n_components": int(est.n_components),
         "n_samples": int(X.shape[0]),
+        "n_missing": int(np.isnan(X).sum()) if emission != "categorical" else 0,
         "lengths": lengths,
         "columns": table.columns,
         "startprob": est.startprob_,
@@ -133,6 +139,7 @@ def summary(res: Dict[str, Any], path: str) -> str:
         f"{res['model']}, {res['n_components']} state(s): "
         f"{'converged' if res['converged'] else 'NOT converged'} after {res['n_iter']} EM step(s)",
         f"log-likelihood {res['log_likelihood']:.6f} (sum over sequences)",
+        *([f"missing values: {res['n_missing']} entries, integrated out"] if res.get("n_missing") else []),
         "start probabilities " + np.array2string(np.asarray(res["startprob"]), **np_opts),
         f"transition matrix (row i, column j: from state i to state j, states 1 to {res['n_components']})\n"
         + np.array2string(np.asarray(res["transmat"]), **np_opts),
@@ -148,7 +155,7 @@ def summary(res: Dict[str, Any], path: str) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         plotting.check_figure_path(args.plot)
-    table = read_table(args.data)
+    table = read_table(args.data, missing=args.missing)
     est, X, lengths = fit(table, args)
     res = results(est, X, lengths, table, args.emission)
     print(summary(res, table.path))

@@ -55,6 +55,10 @@ def gmm_figure(X: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.n
     n_features = X.shape[1] if n_features is None else n_features
     names = list(columns) if columns is not None else [f"$x_{j + 1}$" for j in range(n_features)]
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    drawn = ~np.isnan(X[:, :2]).any(1)  # rows with a missing coordinate are not drawn
+    if not drawn.all():
+        title += f"\n({int((~drawn).sum())} rows with a missing coordinate not drawn)"
+    X, labels = X[drawn], np.asarray(labels)[drawn]
     if X.shape[1] == 1:
         grid = np.linspace(X[:, 0].min() - 1.0, X[:, 0].max() + 1.0, 400)[:, None]
         ax.hist(X[:, 0], bins=40, density=True, color="tab:grey", alpha=0.5, label="data")

@@ -24,6 +24,9 @@ def add_parser(subparsers, parents) -> None:
     p.add_argument("--labels", metavar="LABELS.csv",
                    help="write each row's component or Viterbi state (numbered from 1) and its posterior")
     p.add_argument("--lengths", metavar="N1,N2,...", help="HMMs: lengths of the sequences (default: one)")
+    p.add_argument("--missing", action="store_true",
+                   help="read empty fields (and NA, NaN) as missing values, scored by the marginal of the "
+                        "observed ones; without it they are an error")
     p.set_defaults(run=run)
 
 
@@ -66,14 +69,16 @@ def run(args: argparse.Namespace) -> int:
     res = _load(args.params)
     names = res.get("columns") or []
     try:  # the fitted columns by name, where the data's header has them (others may be text)
-        table = read_table(args.data, ",".join(names)) if names else read_table(args.data)
+        table = (read_table(args.data, ",".join(names), missing=args.missing) if names
+                 else read_table(args.data, missing=args.missing))
     except CliError:
-        table = read_table(args.data)
+        table = read_table(args.data, missing=args.missing)
     table = _columns(table, res, args.params)
+    missing = "marginalize" if args.missing else None
     try:
         if res["model"] == "GaussianMixture":
             est = GaussianMixture.from_params(res["weights"], res["means"], res["covariances"],
-                                              res.get("covariance_type", "full"))
+                                              res.get("covariance_type", "full"), missing=missing)
             X = table.values
             score = float(est.score(X))
             print(f"{table.path}: {len(X)} rows; {args.params}: GaussianMixture, {len(res['weights'])} component(s)")
@@ -85,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
         k = len(res["startprob"])
         lengths = sequence_lengths(args.lengths, table.values.shape[0], table.path)
         if res["model"] == "CategoricalHMM":
+            if args.missing:
+                raise CliError("--missing applies to Gaussian emissions; categorical symbols cannot be missing")
             est, X = CategoricalHMM(k), symbols_column(table)
             est.emissionprob_ = np.asarray(res["emissionprob"], dtype=np.float64)
         else:
-            est, X = GaussianHMM(k, covariance_type=res.get("covariance_type", "diag")), table.values
+            est, X = GaussianHMM(k, covariance_type=res.get("covariance_type", "diag"), missing=missing), table.values
             est.means_ = np.asarray(res["means"], dtype=np.float64)
             est.covars_ = _gaussian_covars(res)
         est.startprob_ = np.asarray(res["startprob"], dtype=np.float64)

@@ -38,7 +38,7 @@ class Estimator:
         from sklearn.utils import InputTags, Tags, TargetTags
 
         return Tags(estimator_type=self._estimator_type, target_tags=TargetTags(required=False),
-                    input_tags=InputTags(two_d_array=True))
+                    input_tags=InputTags(two_d_array=True, allow_nan=getattr(self, "missing", None) == "marginalize"))
 
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)

@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "Bootstrap": "bootstrap",
-    "bootstrap": "bootstrap",
+    "Bootstrap": "parametric_bootstrap",
+    "bootstrap": "parametric_bootstrap",
     "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "Comparison": "compare",
@@ -21,6 +21,7 @@ _EXPORTS = {
     "EM": "em",
     "Expectations": "expectations",
     "log_likelihood": "functional",
+    "marginalize_missing": "missing",
     "posterior": "functional",
     "vectorized_markov": "markov",
     "StepwiseStatistics": "online",

@@ -16,6 +16,7 @@ transition shared by every step and sequence stay one ``K × K`` matrix.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -305,6 +306,11 @@ def chain_log_partition(init: torch.Tensor, trans: torch.Tensor, emit: Optional[
         raise ValueError(f"init must be (B, K) and trans (B, T, K, K), got {tuple(init.shape)} and {tuple(trans.shape)}")
     b, k = init.shape
     steps = trans.shape[1] if emit is None else emit.shape[1]
+    # factors of mixed precision (float32 params, float64 data): the recursion runs in the wider type
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in (init, trans, emit, probe) if t is not None])
+    init, trans = init.to(dtype), trans.to(dtype)
+    emit = None if emit is None else emit.to(dtype)
+    probe = None if probe is None else probe.to(dtype)
     if emit is None:
         emit = init.new_zeros((b, steps, k))
     if steps == 0:

@@ -19,6 +19,7 @@ from .estep import contract_trace
 from .expectations import Expectations
 from .handlers import param_constraint, unconstrained
 from .information import information_of
+from .missing import marginalize_missing
 from .mstep import AutogradMStep, StartPoint, write_params
 from .model_trace import ModelTracer, observation_count
 from .distributed import DataParallel
@@ -77,10 +78,9 @@ class EM:
         one piece (so pieces add up), and ``solve(stats, *args, **kwargs) -> {name: value}``.
         :meth:`statistics` and :meth:`solve` run them; :meth:`step` and :meth:`fit` run both on
         one piece as ``updates``.
-    :param missing: ``"marginalize"``: NaN entries of observed sites are left out of the
-        likelihood by masking their elements (a NaN anywhere in an event masks the whole event),
-        which integrates them out exactly where the likelihood factorizes over those elements;
-        None (the default): NaN data are an error.
+    :param missing: ``"marginalize"``: NaN entries of observed sites are integrated out of the
+        likelihood (``pyroem.marginalize_missing``): exactly for scalar sites, events of
+        independent elements and multivariate normals; None (the default): NaN data are an error.
     :param fixed: names of params and MAP sites kept at their current values by every M-step
         (closed-form values returned for them are ignored); they count out of ``aic``/``bic``.
     """
@@ -102,7 +102,9 @@ class EM:
             self.updates = self._statistics_then_solve
         if missing not in (None, "marginalize"):
             raise ValueError(f"missing must be None (NaN in the data is an error) or 'marginalize', got {missing!r}")
-        self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting), missing=missing == "marginalize")
+        if missing == "marginalize":
+            model = self.model = marginalize_missing(model)
+        self.tracer = ModelTracer(model, check_max_plate_nesting(max_plate_nesting))
         self.autograd_mstep = AutogradMStep()
         self._last_step: Optional[tuple] = None
         # params the autograd M-step fitted last time: the E-step traces them as autograd leaves,

@@ -135,25 +135,6 @@ def _float_observation(msg: dict) -> None:
     msg["value"] = value.to(dtype)
 
 
-def _mask_missing(msg: dict) -> None:
-    """NaN entries of an observed site marginalized out: their elements masked (a NaN anywhere in
-    an event masks that event), their values replaced by one inside the support. Exact where the
-    likelihood factorizes over the masked elements."""
-    value = msg["value"]
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        return
-    nan = torch.isnan(value)
-    if not bool(nan.any()):
-        return
-    fn = msg["fn"]
-    event_dim = len(fn.event_shape)
-    seen = ~nan.reshape(nan.shape[:nan.dim() - event_dim] + (-1,)).any(-1) if event_dim else ~nan
-    fill = next((v for v in (0.0, 1.0, 0.5) if bool(fn.support.check(value.new_tensor(v)).all())), 0.0)
-    msg["value"] = torch.where(nan, value.new_tensor(fill), value)
-    mask = msg["mask"]
-    msg["mask"] = seen if mask is None or mask is True else mask & seen
-
-
 class LatentPolicy(Messenger):
     """Enumerate finite discrete latents, point-estimate continuous global latents.
 
@@ -164,19 +145,15 @@ class LatentPolicy(Messenger):
         (the M-step's trial points); see :class:`SubstituteParams`.
     """
 
-    def __init__(self, enumerate: bool = True, values: Optional[Dict[str, torch.Tensor]] = None,
-                 missing: bool = False) -> None:
+    def __init__(self, enumerate: bool = True, values: Optional[Dict[str, torch.Tensor]] = None) -> None:
         super().__init__()
         self.enumerate = enumerate
         self.values = values or {}
-        self.missing = missing
         self.chains: Dict[str, MarkovChain] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] and not msg["done"]:
             _float_observation(msg)
-            if self.missing:
-                _mask_missing(msg)
         if msg["is_observed"] or msg["done"] or is_subsample_site(msg):
             return
         fn = msg["fn"]

@@ -11,12 +11,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pyro
 import torch
+from pyro.distributions.util import scale_and_mask
 from torch.distributions import biject_to, constraints
 
 from .estep import contract_trace
 from .handlers import param_constraint
 from .expectations import Expectations
-from .handlers import is_unscored
 from .model_trace import ModelTracer
 from .qfunction import expected_log_joint
 
@@ -127,52 +127,64 @@ def louis_information(tracer: ModelTracer, names: List[str], args: tuple, kwargs
                       kinds: Optional[Dict[str, constraints.Constraint]] = None) -> Information:
     """The observed information by Louis' identity (1982): the complete-data information minus the
     information the latents carry, ``I = E[−∇² log p(y,z|θ)] − Cov[∇ log p(y,z|θ)]`` under
-    ``p(z|y,θ)`` at the fitted θ. The first term is the Hessian of Q; the second is summed over the
-    plate elements of the one enumerated latent, whose values are independent given ``y`` (a
-    mixture); other models raise ``ValueError`` (use :func:`observed_information`)."""
+    ``p(z|y,θ)``, for any model the E-step contracts (mixtures, several latents per datum, chains).
+
+    The first term is the Hessian of Q. The second needs no pairwise posteriors: the complete-data
+    score is a sum over the factors, ``S = Σ_f s_f(z_f)`` with ``s_f = ∇ log f``, so its cumulant
+    generating function ``K(η) = log E[exp(ηᵀS)] + log p(y|θ)`` is the E-step's own contraction of
+    the tilted factors ``log f + ηᵀ s_f``, and ``Cov[S] = ∇²K(0)``. Only first derivatives of
+    the factors enter it (their Jacobians, one forward pass per parameter coordinate)."""
     at = _Coordinates(names, kinds)
     with torch.no_grad():
         expect = Expectations(contract_trace(tracer.trace(args, kwargs)))
-    latents = expect.latent_sites
-    if len(latents) != 1:
-        raise ValueError(f"Louis' identity is implemented for one enumerated latent per data point (a mixture); "
-                         f"this model has {len(latents)} ({', '.join(latents)}): use observed_information")
-    (z,) = latents
-    weights = expect.site_weights()
-    r = weights[z].double()                                     # posterior of z in its log_prob layout
 
     def traced(v):
         return tracer.trace(args, kwargs, values=at.constrained(v))
 
     complete = -torch.autograd.functional.hessian(lambda v: expected_log_joint(traced(v), expect).double(), at.flat)
+    scores = _factor_scores(traced, at.flat)
+    trace = traced(at.flat.detach())
+    sites = {name: trace.nodes[name] for name in scores}
+    bases = {name: site["unscaled_log_prob"].detach() for name, site in sites.items()}
 
-    def joint_table(v: torch.Tensor) -> torch.Tensor:
-        """``log p(y_n, z_n = k | θ)`` summed over the sites that depend on ``z``, in z's layout."""
-        trace = traced(v)
-        total = torch.zeros(r.shape, dtype=torch.float64)
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or name not in weights or is_unscored(site):
-                continue
-            lp = site["unscaled_log_prob"].double()
-            if isinstance(site["scale"], torch.Tensor) or site["scale"] != 1.0:
-                raise ValueError(f"site '{name}' is scaled: Louis' identity here takes unit-weight data")
-            if lp.dim() > r.dim() or any(a != b and b != 1 and a != 1 for a, b in zip(lp.shape[-r.dim():], r.shape)):
-                raise ValueError(f"site '{name}' does not share the plates of '{z}': use observed_information")
-            extra = [d for d in range(-1, -lp.dim() - 1, -1) if lp.shape[d] > 1 and r.shape[d] == 1]
-            if extra:   # plates z is broadcast along: one datum's terms summed
-                lp = lp.sum(extra, keepdim=True)
-            total = total + lp
-        return total
+    def tilted_log_z(eta: torch.Tensor) -> torch.Tensor:
+        for name, site in sites.items():
+            lp = bases[name] + (scores[name] @ eta.to(scores[name].dtype)).reshape(bases[name].shape)
+            site["unscaled_log_prob"] = lp
+            site["log_prob"] = scale_and_mask(lp, site["scale"], site["mask"])
+            site.pop("packed", None)
+        return contract_trace(trace, differentiable=True).log_likelihood.double()
 
-    jac = torch.autograd.functional.jacobian(lambda v: joint_table(v).reshape(-1), at.flat)   # (cells, P)
-    jac = jac.reshape(r.shape + (-1,))
-    k_dim = next(d for d in range(r.dim()) if r.shape[d] > 1 and d < r.dim() - 1) if r.dim() > 1 else 0
-    rk = r.movedim(k_dim, 0).reshape(r.shape[k_dim], -1)              # (K, data)
-    jk = jac.movedim(k_dim, 0).reshape(r.shape[k_dim], rk.shape[1], -1)   # (K, data, P)
-    mean = torch.einsum("kn,knp->np", rk, jk)
-    second = torch.einsum("kn,knp,knq->pq", rk, jk, jk)
-    missing = second - mean.T @ mean
-    return at.information(complete - missing)
+    carried = torch.autograd.functional.hessian(tilted_log_z, torch.zeros_like(at.flat))
+    return at.information(complete - carried)
+
+
+def _factor_scores(traced: Callable, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``∂ log f / ∂u`` of every factor table that depends on the coordinates ``u``, by site:
+    ``(cells, P)``, the unscaled table's cells flattened. One trace; column ``i`` by a
+    forward-mode product ``J e_i`` (the double-backward trick: ``J e = ∂(Jᵀw)/∂w · e``)."""
+    u = flat.detach().clone().requires_grad_()
+    trace = traced(u)
+    tables = {name: site["unscaled_log_prob"] for name, site in trace.nodes.items()
+              if site["type"] == "sample" and "unscaled_log_prob" in site
+              and isinstance(site["unscaled_log_prob"], torch.Tensor) and site["unscaled_log_prob"].requires_grad}
+    if not tables:
+        return {}
+    names = list(tables)
+    dummies = [torch.zeros_like(tables[n], requires_grad=True) for n in names]
+    (pull,) = torch.autograd.grad([tables[n] for n in names], [u], grad_outputs=dummies, create_graph=True)
+    columns: List[List[torch.Tensor]] = [[] for _ in names]
+    eye = torch.eye(u.numel(), dtype=pull.dtype, device=pull.device)
+    for i in range(u.numel()):
+        parts = torch.autograd.grad(pull, dummies, grad_outputs=eye[i], retain_graph=True, allow_unused=True)
+        for col, part, dummy in zip(columns, parts, dummies):
+            col.append(torch.zeros_like(dummy).reshape(-1) if part is None else part.detach().reshape(-1))
+    out = {}
+    for name, col in zip(names, columns):
+        jac = torch.stack(col, -1)
+        if bool(jac.ne(0).any()):
+            out[name] = jac
+    return out
 
 
 METHODS = {"hessian": observed_information, "louis": louis_information}

@@ -179,7 +179,7 @@ class ModelTracer:
     stay the same from trace to trace.
     """
 
-    def __init__(self, model: Callable, max_plate_nesting: Optional[int] = None, missing: bool = False) -> None:
+    def __init__(self, model: Callable, max_plate_nesting: Optional[int] = None) -> None:
         if not callable(model):
             raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
         if max_plate_nesting is not None:
@@ -189,8 +189,6 @@ class ModelTracer:
                 )
         self.model = model
         self.max_plate_nesting = max_plate_nesting
-        #: NaN entries of observed sites are marginalized (masked) rather than refused
-        self.missing = missing
         self.param_names: Tuple[str, ...] = ()
         self.map_sites: Tuple[str, ...] = ()
         self.vectorized_chain = False
@@ -241,12 +239,12 @@ class ModelTracer:
         (an error of the model itself is then raised from that run)."""
         depth = thresholds.PROBE_NESTING if self.max_plate_nesting is None else self.max_plate_nesting
         try:
-            model = poutine.enum(LatentPolicy(enumerate=True, missing=self.missing)(self.model),
+            model = poutine.enum(LatentPolicy(enumerate=True)(self.model),
                                  first_available_dim=-1 - depth)
             return poutine.trace(model).get_trace(*args, **kwargs)
         except Exception:
             try:
-                return poutine.trace(LatentPolicy(enumerate=False, missing=self.missing)(self.model)).get_trace(
+                return poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(
                     *args, **kwargs)
             except (ValueError, RuntimeError) as err:
                 add_shape_hint(err)
@@ -309,7 +307,7 @@ class ModelTracer:
     # -- tracing ---------------------------------------------------------------------
     def enumerated_model(self, subsample: Optional[Dict[str, torch.Tensor]] = None,
                          values: Optional[Dict[str, torch.Tensor]] = None) -> Callable:
-        self._policy = LatentPolicy(enumerate=True, values=values, missing=self.missing)
+        self._policy = LatentPolicy(enumerate=True, values=values)
         model = self._policy(self.model)
         if values:
             model = SubstituteParams(values)(model)

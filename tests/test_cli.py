@@ -544,3 +544,33 @@ def test_columns_leave_a_text_column_unread(capsys, tmp_path):
     assert code == 0, err
     code, out, err = run_cli(capsys, "fit", "gmm", path, "-k", "2")
     assert code == 1 and "'virginica' is not a number" in err and "--columns picks the ones to read" in err
+
+
+def test_missing_fields_are_integrated_out_when_asked(capsys, tmp_path):
+    """``--missing`` reads empty fields and NA as missing values: the fit, the parameter file and
+    ``predict --missing`` agree with ``GaussianMixture(missing="marginalize")`` on the same array;
+    without the option the first empty field is named with the option to give."""
+    from pyroem.models import GaussianMixture
+
+    X = blobs(3)
+    X[np.random.default_rng(5).random(X.shape) < 0.15] = np.nan
+    path = tmp_path / "holes.csv"
+    with open(path, "w") as f:
+        f.write("a,b\n")
+        for i, row in enumerate(X):
+            f.write(",".join(("NA" if i % 2 else "") if np.isnan(v) else repr(float(v)) for v in row) + "\n")
+    code, out, err = run_cli(capsys, "fit", "gmm", path, "-k", 3)
+    first = int(np.argwhere(np.isnan(X))[0][0]) + 2
+    assert code != 0 and f"line {first}" in err and "--missing" in err
+    params = tmp_path / "p.json"
+    code, out, _ = run_cli(capsys, "fit", "gmm", path, "-k", 3, "--missing", "--out", params)
+    assert code == 0
+    assert f"missing values: {int(np.isnan(X).sum())} entries, integrated out" in out
+    ref = GaussianMixture(3, missing="marginalize", random_state=0).fit(X)
+    res = json.loads(params.read_text())
+    np.testing.assert_allclose(res["means"], ref.means_, rtol=1e-9)
+    assert res["log_likelihood"] == pytest.approx(ref.score(X), rel=1e-10)
+    code, out, _ = run_cli(capsys, "predict", params, path, "--missing")
+    assert code == 0 and f"{ref.score(X):.6f} per sample" in out
+    code, out, _ = run_cli(capsys, "fit", "hmm", path, "-k", 2, "--missing", "--n-init", 1)
+    assert code == 0 and "missing values:" in out

@@ -32,3 +32,19 @@ def test_wheel_contains_models_subpackage(tmp_path):
     assert "pyroem/models/__init__.py" in names
     assert "pyroem/__init__.py" in names and "pyroem/em.py" in names
     assert not any(n.startswith("models/") for n in names)
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """Every name ``pyroem`` exports stays the function or class it names after all of pyroem's
+    modules are imported (a submodule of the same name would replace it on first import)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import pyroem
+
+    for info in pkgutil.walk_packages(pyroem.__path__, "pyroem."):
+        if not info.name.startswith(("pyroem.models", "pyroem.cli")):
+            importlib.import_module(info.name)
+    for name in pyroem.__all__:
+        assert not isinstance(getattr(pyroem, name), types.ModuleType), name

@@ -82,3 +82,16 @@ def test_distributed_gmm_example_under_torchrun_fits_as_one_process(tmp_path):
     # the three simulated centres (-3, 0), (0, 3), (3, 0) with unit scales
     means = [ln for ln in one.splitlines() if ln.strip().startswith("component")]
     assert len(means) == 3 and all("scale 0.99" in ln or "scale 1.00" in ln for ln in means)
+
+
+def test_missing_values_example(tmp_path):
+    out = run_example("missing_values.py", tmp_path)
+    png = os.path.join(str(tmp_path), "missing_values.png")
+    assert out.strip().splitlines()[-1] == png
+    assert_png(png)
+    # integrating the missing entries out beats dropping incomplete rows and mean imputation on
+    # new data, and comes close to the fit of the data before deletion
+    held = {line[:16].strip(): float(line.split()[-2]) for line in out.splitlines()
+            if line[:16].strip() in ("marginalize", "complete cases", "mean imputation", "full data")}
+    assert held["marginalize"] > held["complete cases"] > held["mean imputation"]
+    assert held["full data"] - held["marginalize"] < 0.1

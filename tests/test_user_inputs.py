@@ -1,5 +1,6 @@
 """What a new user hands the engine: NumPy arrays, pandas objects, integer 0/1 answers — each
 scored as numpy computes it by hand."""
+import functools
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -404,14 +405,74 @@ def test_parametric_bootstrap_agrees_with_the_observed_information_on_the_pepper
     assert bool((low < res.params["p"]).all() and (res.params["p"] < high).all())
 
 
-def test_louis_identity_is_refused_beyond_one_latent_per_datum():
+def _louis_against_hessian(res):
+    hess, louis = res.covariance(), res.covariance(method="louis")
+    for name in hess:
+        np.testing.assert_allclose(louis[name].numpy(), hess[name].numpy(), rtol=1e-8, atol=1e-14)
+    return hess
+
+
+def test_louis_identity_equals_the_hessian_with_several_latents_and_chains():
+    """Louis' identity (Hessian of Q minus the covariance of the complete-data score) gives the
+    observed information of the Hessian of log p(y|θ), to rounding, where the latents are not one
+    per datum: two latents per datum, a chain written with ``pyro.markov``, and a vectorized chain
+    with masked steps (the bundled ``gaussian_hmm_model``). The Hessian's covariance is itself
+    checked against finite differences of numpy's log-likelihood for the two-latent model."""
     def two_latents(y):
         p = pyro.param("p", torch.tensor([0.3, 0.7], dtype=torch.float64), constraint=constraints.simplex)
+        s = pyro.param("s", torch.tensor(1.0, dtype=torch.float64), constraint=constraints.positive)
         with pyro.plate("data", len(y)):
             a = pyro.sample("a", dist.Categorical(p))
             b = pyro.sample("b", dist.Categorical(p))
-            pyro.sample("y", dist.Normal((a + b).double(), 1.0), obs=y)
+            pyro.sample("y", dist.Normal((a + 2 * b).double(), s), obs=y)
 
-    res = pyroem.EM(two_latents).fit(torch.tensor([0.1, 1.2, 2.1, 0.9], dtype=torch.float64), max_iter=20)
-    with pytest.raises(ValueError, match="one enumerated latent per data point"):
-        res.standard_errors(method="louis")
+    g = np.random.default_rng(8)
+    a, b = g.random(80) < 0.35, g.random(80) < 0.35
+    y = torch.tensor(a + 2.0 * b + 0.4 * g.normal(size=80))
+    pyro.clear_param_store()
+    res = pyroem.EM(two_latents).fit(y, max_iter=500, tol=1e-12)
+    hess = _louis_against_hessian(res)
+    p0, s0 = float(res.params["p"][0]), float(res.params["s"])
+
+    def nll(t):
+        q, sd = t
+        w = {(i, j): (q if i == 0 else 1 - q) * (q if j == 0 else 1 - q) for i in (0, 1) for j in (0, 1)}
+        lik = sum(w[i, j] * norm.pdf(y.numpy(), i + 2 * j, sd) for i in (0, 1) for j in (0, 1))
+        return -np.log(lik).sum()
+
+    h, t0 = 1e-4, np.array([p0, s0])
+    fd = np.array([[(nll(t0 + h * (ei + ej)) - nll(t0 + h * (ei - ej)) - nll(t0 - h * (ei - ej)) + nll(t0 - h * (ei + ej)))
+                    / (4 * h * h) for ej in np.eye(2)] for ei in np.eye(2)])
+    ref = np.linalg.inv(fd)
+    np.testing.assert_allclose(float(hess["p"][0, 0]), ref[0, 0], rtol=1e-4)
+    np.testing.assert_allclose(float(hess["s"][0, 0]), ref[1, 1], rtol=1e-4)
+
+    def markov_hmm(y):
+        trans = pyro.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=torch.float64),
+                           constraint=constraints.simplex)
+        locs = pyro.param("locs", torch.tensor([-1.0, 1.0], dtype=torch.float64))
+        x = 0
+        for t in pyro.markov(range(len(y))):
+            x = pyro.sample(f"x_{t}", dist.Categorical(trans[x]))
+            pyro.sample(f"y_{t}", dist.Normal(locs[x], 1.0), obs=y[t])
+
+    states = np.cumsum(g.random(60) < 0.25) % 2
+    obs = torch.tensor(np.where(states == 1, 1.2, -0.8) + g.normal(size=60))
+    pyro.clear_param_store()
+    _louis_against_hessian(pyroem.EM(markov_hmm).fit(obs, max_iter=300, tol=1e-12))
+
+    from pyroem.models import gaussian_hmm_model
+    X = torch.tensor(np.where(states[:, None] == 1, 1.5, -1.0) + g.normal(size=(60, 2)))
+    Xpad = torch.stack([X[:35], torch.cat([X[35:], torch.zeros(10, 2, dtype=torch.float64)])])
+    mask = torch.ones(2, 35, dtype=torch.bool)
+    mask[1, 25:] = False
+    pyro.clear_param_store()
+    pyro.param("means", torch.tensor([[-0.5, -0.5], [0.5, 0.5]], dtype=torch.float64))
+    pyro.param("startprob", torch.tensor([0.5, 0.5], dtype=torch.float64), constraint=constraints.simplex)
+    pyro.param("transmat", torch.tensor([[0.7, 0.3], [0.4, 0.6]], dtype=torch.float64), constraint=constraints.simplex)
+    pyro.param("covars", torch.ones(2, 2, dtype=torch.float64), constraint=constraints.positive)
+    model = functools.partial(gaussian_hmm_model, n_components=2, covariance_type="diag")
+    # two sequences put the start probabilities on the boundary: they stay fixed
+    _louis_against_hessian(pyroem.EM(model, fixed=["startprob"]).fit(Xpad, mask, max_iter=300, tol=1e-12))
+
+

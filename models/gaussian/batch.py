@@ -153,7 +153,8 @@ def _stack(X, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         raise ValueError(f"X has an empty dimension: shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
         bad = torch.nonzero(~torch.isfinite(t).reshape(t.shape[0], -1).all(-1)).flatten().tolist()
-        raise ValueError(f"X contains NaN or infinity (datasets {bad[:10]})")
+        raise ValueError(f"X contains NaN or infinity (datasets {bad[:10]}); fit_batch takes complete data only "
+                         "(fit missing values one dataset at a time with missing='marginalize')")
     return t
 
 

@@ -68,8 +68,9 @@ def _as_tensor(value, name: str, dtype: torch.dtype, device: torch.device) -> to
 
 
 def check_X(X, dtype: torch.dtype, device: torch.device, name: str = "X", min_samples: int = 1,
-            n_features: Optional[int] = None) -> torch.Tensor:
-    """``X`` as a finite 2-D tensor ``(n_samples, n_features)``."""
+            n_features: Optional[int] = None, allow_nan: bool = False) -> torch.Tensor:
+    """``X`` as a finite 2-D tensor ``(n_samples, n_features)``; with ``allow_nan``, NaN entries
+    (missing values) are kept, but not infinities."""
     if X is None:
         raise ValueError(f"{name} must be a 2-D array, got None")
     t = _as_tensor(X, name, dtype, device)
@@ -82,7 +83,12 @@ def check_X(X, dtype: torch.dtype, device: torch.device, name: str = "X", min_sa
     if t.shape[1] < 1:
         raise ValueError(f"Found array with 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinity")
+        nan = torch.isnan(t)
+        if bool(torch.isinf(t).any()):
+            raise ValueError(f"{name} contains infinity")
+        if not allow_nan:
+            raise ValueError(f"{name} contains NaN ({int(nan.sum())} entries in {int(nan.any(1).sum())} rows). To "
+                             "integrate missing values out of the fit, use missing='marginalize'")
     if n_features is not None and t.shape[1] != n_features:
         raise ValueError(f"{name} has {t.shape[1]} features, but GaussianMixture is expecting "
                          f"{n_features} features as input")
@@ -142,6 +148,8 @@ def check_hyper_parameters(est) -> None:
     if not isinstance(params, str) or set(params) - set("wmc"):
         raise ValueError(f"params must be a string of the letters w (weights), m (means), c (covariances), "
                          f"got {params!r}")
+    if getattr(est, "missing", None) not in (None, "marginalize"):
+        raise ValueError(f"missing must be None (NaN in X is an error) or 'marginalize', got {est.missing!r}")
     chunk = getattr(est, "chunk_size", None)
     if chunk is not None and (not _is_int(chunk) or chunk < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk!r}")

@@ -20,6 +20,8 @@ from pyro.distributions import TorchDistribution, constraints
 
 import pyroem
 
+from .missing import MissingPatterns, marginal_log_table
+
 ILL_DEFINED = (
     "Fitting the mixture model failed because some components have ill-defined empirical "
     "covariance (for instance caused by singleton or collapsed samples). Try to decrease the "
@@ -92,22 +94,46 @@ class GaussianFeatures:
     Held when ``N x width`` stays under a memory budget (or ``cache=True``); otherwise the
     features are rebuilt in row chunks whenever they are needed. Used only for the very tensor
     ``X`` it was built from, unmodified since (:meth:`matches`).
+
+    With ``missing=True``, NaN entries of ``X`` are missing coordinates: the incomplete rows are
+    held in ``missing`` (:class:`MissingPatterns`) and their features are zero, so that the
+    matrix products cover the complete rows only; ``filled`` is ``X`` with its NaNs set to 0.
     """
 
-    def __init__(self, X: torch.Tensor, covariance_type: str, cache: Optional[bool] = None) -> None:
+    def __init__(self, X: torch.Tensor, covariance_type: str, cache: Optional[bool] = None,
+                 missing: bool = False) -> None:
         self.X = X
         self.version = X._version
+        self.covariance_type = covariance_type
         self.kind = feature_kind(covariance_type)
         d = X.shape[-1]
         self.width = quadratic_width(d, self.kind) + d + 1
+        self.has_nan = bool(torch.isnan(X).any())
+        self.missing: Optional[MissingPatterns] = None
+        self.filled, self._incomplete = X, None
+        if missing and self.has_nan:
+            self.missing = MissingPatterns(X, grouped=covariance_type in ("full", "tied"))
+            self.filled = torch.nan_to_num(X, nan=0.0)
+            self._incomplete = torch.isnan(X).any(-1)
         if cache is None:
             cache = X.numel() // max(d, 1) * self.width <= _CACHE_ELEMENTS
-        self.matrix = gaussian_features(X, self.kind) if cache else None
+        self.matrix = self._features(slice(None)) if cache else None
+
+    def _features(self, rows: slice) -> torch.Tensor:
+        f = gaussian_features(self.filled[..., rows, :], self.kind)
+        if self._incomplete is not None:
+            f[..., self._incomplete[rows]] = 0.0  # incomplete rows: the missing-data path's
+        return f
 
     def __getitem__(self, rows: slice) -> "GaussianFeatures":
         sub = GaussianFeatures.__new__(GaussianFeatures)
         sub.X, sub.kind, sub.width = self.X[..., rows, :], self.kind, self.width
+        sub.covariance_type, sub.has_nan = self.covariance_type, self.has_nan
         sub.version = sub.X._version
+        sub.filled = self.filled[..., rows, :]
+        sub._incomplete = None if self._incomplete is None else self._incomplete[rows]
+        sub.missing = (None if self.missing is None
+                       else MissingPatterns(sub.X, grouped=self.covariance_type in ("full", "tied")))
         sub.matrix = None if self.matrix is None else self.matrix[..., rows]
         return sub
 
@@ -118,9 +144,11 @@ class GaussianFeatures:
             yield slice(0, n), self.matrix
             return
         for sl in _row_chunks(n, self.width):
-            yield sl, gaussian_features(self.X[..., sl, :], self.kind)
+            yield sl, self._features(sl)
 
     def matches(self, X: torch.Tensor) -> bool:
+        if X is self.filled and self.filled is not self.X:
+            return self.X._version == self.version
         same = X is self.X or (X.shape == self.X.shape and X.dtype == self.X.dtype and X.device == self.X.device
                                and X.data_ptr() == self.X.data_ptr() and X.stride() == self.X.stride())
         return same and X._version == self.version
@@ -178,12 +206,16 @@ def log_gaussian_table(X: torch.Tensor, means: torch.Tensor, inv_scale: torch.Te
         features = GaussianFeatures(X, covariance_type, cache=False)
     coef = log_density_coefficients(means, inv_scale, covariance_type)
     if features.matrix is not None:
-        return coef @ features.matrix
-    if coef.requires_grad and torch.is_grad_enabled():
-        return torch.cat([coef @ f for _, f in features.chunks()], -1)
-    out = X.new_empty(means.shape[:-1] + X.shape[-2:-1])
-    for sl, f in features.chunks():
-        torch.matmul(coef.detach(), f, out=out[..., sl])
+        out = coef @ features.matrix
+    elif coef.requires_grad and torch.is_grad_enabled():
+        out = torch.cat([coef @ f for _, f in features.chunks()], -1)
+    else:
+        out = X.new_empty(means.shape[:-1] + X.shape[-2:-1])
+        for sl, f in features.chunks():
+            torch.matmul(coef.detach(), f, out=out[..., sl])
+    if features.missing is not None:  # incomplete rows: the marginal of their observed coordinates
+        cov = covariances_from_inv_scale(inv_scale, covariance_type)
+        out = out.index_copy(-1, features.missing.rows, marginal_log_table(features.missing, means, cov, covariance_type))
     return out
 
 
@@ -416,11 +448,28 @@ class GaussianComponents(TorchDistribution):
                                     features=self.features)
         return new
 
+    def marginalize_missing(self, value: torch.Tensor, missing: torch.Tensor):
+        """``pyroem.marginalize_missing``'s protocol: rows with NaN coordinates scored by the
+        marginal of their observed ones (features of ``value`` built with ``missing=True``, once
+        per fit when the model is given them); returns the distribution and the value to record."""
+        features = self.features
+        if features is None or features.missing is None or not features.matches(value):
+            features = GaussianFeatures(value, self.covariance_type, missing=True)
+        new = GaussianComponents(self.means, self.inv_scale, self.covariance_type, self.component,
+                                 self.batch_shape, validate_args=False, features=features)
+        return new, features.filled
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if value.dim() != 2:
             raise ValueError(f"GaussianComponents scores data of shape (N, D), got {tuple(value.shape)}")
         n = value.shape[0]
-        table = log_gaussian_table(value, self.means, self.inv_scale, self.covariance_type, self.features)
+        features = self.features
+        if features is None or not features.matches(value):
+            features = GaussianFeatures(value, self.covariance_type, cache=False)
+        if features.has_nan and features.missing is None:
+            raise ValueError("the data hold NaN entries: to integrate the missing coordinates out, fit "
+                             "with GaussianMixture(missing='marginalize') or pyroem.EM(model, missing='marginalize')")
+        table = log_gaussian_table(value, self.means, self.inv_scale, self.covariance_type, features)
         z = self.component
         k = self.means.shape[0]
         if (getattr(z, "_pyro_categorical_support", None) is not None and z.dim() >= 1

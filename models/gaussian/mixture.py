@@ -59,6 +59,7 @@ from .densities import (
     precisions,
     precisions_cholesky,
 )
+from .missing import missing_moments
 from .store import PARAM_NAMES, drop_params, write_params
 
 __all__ = ["GaussianMixture", "GMMUpdates", "gmm_model", "ConvergenceWarning", "NotFittedError"]
@@ -120,9 +121,17 @@ class GMMUpdates:
                    features=None) -> Dict[str, torch.Tensor]:
         """``Σ_n r_nk f(x_n)`` from one E-step, by name; the statistics of chunks add up."""
         if features is None or not features.matches(X):
-            features = GaussianFeatures(X, covariance_type)
-        centres, refined = self._refinement(covariance_type, prefix)
-        stats = gaussian_statistics(expect.marginal("z").T, features, sample_weight, centres, refined)
+            features = GaussianFeatures(X, covariance_type, missing=True)
+        resp_t = expect.marginal("z").T
+        centres, refined = (None, None) if features.missing is not None else self._refinement(covariance_type, prefix)
+        stats = gaussian_statistics(resp_t, features, sample_weight, centres, refined)
+        if features.missing is not None:  # rows with missing coordinates: their conditional moments at θₙ
+            store = pyro.get_param_store()
+            rows = features.missing.rows
+            r = resp_t[:, rows] if sample_weight is None else resp_t[:, rows] * sample_weight[rows]
+            cov = covariances_from_inv_scale(store[prefix + "inv_scale"].detach(), covariance_type)
+            stats.moments = stats.moments + missing_moments(features.missing, r, store[prefix + "means"].detach(),
+                                                            cov, covariance_type)
         if self.per_point:  # averages over the batch's points: online EM blends batches of any size
             return {"moments": stats.moments / stats.moments[:, -1].sum()}
         out = {"moments": stats.moments}
@@ -169,6 +178,28 @@ def _about(cov: torch.Tensor, delta: torch.Tensor, nk: torch.Tensor, covariance_
     return cov + (nk[:, None, None] * delta.unsqueeze(-1) * delta.unsqueeze(-2)).sum(0) / nk.sum()
 
 
+def _centre(X: torch.Tensor, w: Optional[torch.Tensor], parallel: Optional[DataParallel]) -> Tuple[torch.Tensor, float]:
+    """The weighted mean of every column over its observed (non-NaN) entries, and the total weight
+    (summed over ranks under ``parallel``): a row of weight 2 and the same row twice give the same
+    centre."""
+    wsum = float(X.shape[0]) if w is None else float(w.sum())
+    seen = ~torch.isnan(X)
+    if bool(seen.all()):
+        sums = torch.cat([X.sum(0) if w is None else w @ X, X.new_tensor([wsum])])
+        if parallel is not None:
+            sums, wsum = parallel.sum(sums), parallel.sum_float(wsum)
+        return sums[:-1] / sums[-1], wsum
+    weight = seen.to(X.dtype) if w is None else seen * w.unsqueeze(1)
+    d = X.shape[1]
+    sums = torch.cat([(torch.nan_to_num(X) * weight).sum(0), weight.sum(0)])
+    if parallel is not None:
+        sums, wsum = parallel.sum(sums), parallel.sum_float(wsum)
+    empty = torch.nonzero(sums[d:] <= 0).flatten().tolist()
+    if empty:
+        raise ValueError(f"X has no observed value in column(s) {[j + 1 for j in empty]} (numbered from 1)")
+    return sums[:d] / sums[d:], wsum
+
+
 def _is_count(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -196,7 +227,10 @@ class GaussianMixture(Estimator):
     ``partial_fit`` runs online EM on mini-batches, with step sizes ``(t + 2)^(−step_size)``.
     ``params`` (hmmlearn's convention) names the params ``fit`` updates, by letter: ``w`` weights,
     ``m`` means, ``c`` covariances; the others keep their initial values (e.g. ``means_init`` with
-    ``params="wc"``).
+    ``params="wc"``). ``missing="marginalize"`` accepts NaN entries of ``X`` as missing values:
+    each row is scored by the marginal of its observed coordinates and the M-step uses the
+    conditional moments of the missing ones (the classic EM for incomplete normal data); the
+    default refuses NaN, as scikit-learn does.
     """
 
     model = staticmethod(gmm_model)
@@ -206,7 +240,7 @@ class GaussianMixture(Estimator):
                  weights_init=None, means_init=None, precisions_init=None, random_state=None,
                  warm_start: bool = False, verbose: int = 0, verbose_interval: int = 10,
                  device=None, dtype=None, chunk_size: Optional[int] = None, callback=None,
-                 step_size: float = 0.6, params: str = "wmc") -> None:
+                 step_size: float = 0.6, params: str = "wmc", missing: Optional[str] = None) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -227,6 +261,7 @@ class GaussianMixture(Estimator):
         self.callback = callback
         self.step_size = step_size
         self.params = params
+        self.missing = missing
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None) -> "GaussianMixture":
@@ -250,7 +285,8 @@ class GaussianMixture(Estimator):
             dtype, device = resolve_dtype(self.dtype, X), resolve_device(self.device, X)
         else:
             dtype, device = self._target()
-        Xt = check_X(X, dtype, device, min_samples=1, n_features=getattr(self, "n_features_in_", None))
+        Xt = check_X(X, dtype, device, min_samples=1, n_features=getattr(self, "n_features_in_", None),
+                     allow_nan=self.missing == "marginalize")
         w = check_sample_weight(sample_weight, Xt.shape[0], dtype, device)
         k, d = self.n_components, Xt.shape[1]
         if online is None:
@@ -260,14 +296,15 @@ class GaussianMixture(Estimator):
             else:
                 if Xt.shape[0] < k:
                     raise ValueError(f"the first batch has {Xt.shape[0]} samples, fewer than n_components = {k}")
-                shift = Xt.mean(0)
-                start = self._initial_params(Xt - shift, w, check_random_state(self.random_state),
+                shift, _ = _centre(Xt, None, None)
+                start = self._initial_params(torch.nan_to_num(Xt - shift), w, check_random_state(self.random_state),
                                              self._check_inits(d, dtype, device), shift)
             updates = GMMUpdates(self.reg_covar, per_point=True)
             online = self._online = {
                 "updates": updates, "shift": shift, "params": start, "n_iter": 0,
                 "prefix": f"GaussianMixture{next(_fit_ids)}.",
-                "em": pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1),
+                "em": pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1,
+                                missing=self.missing),
                 "state": pyroem.StepwiseStatistics(self.step_size)}
         prefix = online["prefix"]
         Xc = Xt - online["shift"]
@@ -294,6 +331,47 @@ class GaussianMixture(Estimator):
         """
         return fit_batch(self, X, sample_weight)
 
+    def bootstrap(self, X, n: int = 200, random_state=None) -> "pyroem.Bootstrap":
+        """The parametric bootstrap of the fit: ``n`` data sets of ``len(X)`` rows simulated from the
+        fitted mixture, refitted all at once by :meth:`fit_batch` from the fitted parameters (which
+        keeps the components in their order); returns a ``pyroem.Bootstrap`` whose ``estimates``
+        hold ``weights``, ``means`` and ``covariances`` stacked ``(n, ...)``, with
+        ``standard_errors()`` and percentile ``conf_int(alpha)``. ``random_state`` seeds the
+        simulation (and the refits' own draws)."""
+        self._check_fitted()
+        if isinstance(n, bool) or not _is_count(n) or n < 2:
+            raise ValueError(f"n must be an int >= 2, got {n!r}")
+        dtype, device = self._target()
+        Xt = check_X(X, dtype, device, n_features=self.means_.shape[1], allow_nan=True)
+        if bool(torch.isnan(Xt).any()):
+            raise ValueError("bootstrap simulates complete data sets; for a fit with missing values use "
+                             "pyroem.bootstrap on gmm_model with EM(missing='marginalize') options")
+        rows = Xt.shape[0]
+        seed = int(check_random_state(random_state).randint(2 ** 31 - 1))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        weights = torch.as_tensor(np.asarray(self.weights_), dtype=dtype, device=device)
+        means = torch.as_tensor(np.asarray(self.means_), dtype=dtype, device=device)
+        inv = self._inv_scale(dtype, device)
+        z = torch.multinomial(weights / weights.sum(), n * rows, replacement=True, generator=gen).reshape(n, rows)
+        eps = torch.randn((n, rows, means.shape[1]), dtype=dtype, device=device, generator=gen)
+        ct = self.covariance_type
+        if ct in ("full", "tied"):
+            factor = inv[z] if ct == "full" else inv.expand(n, rows, *inv.shape)
+            dev = torch.linalg.solve_triangular(factor, eps.unsqueeze(-1), upper=False).squeeze(-1)
+        else:
+            dev = eps / (inv[z] if ct == "diag" else inv[z].unsqueeze(-1))
+        refit = GaussianMixture(**{**self.get_params(), "weights_init": self.weights_, "means_init": self.means_,
+                                   "precisions_init": self.precisions_, "n_init": 1, "warm_start": False,
+                                   "callback": None, "verbose": 0, "missing": None, "random_state": seed,
+                                   "dtype": dtype, "device": device})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fits = refit.fit_batch(means[z] + dev)
+        estimates = {name: torch.as_tensor(np.stack([getattr(f, name + "_") for f in fits]))
+                     for name in ("weights", "means", "covariances")}
+        return pyroem.Bootstrap(estimates, [float(f.lower_bound_) * rows for f in fits])
+
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then label ``X`` by a final E-step (consistent with ``fit(X).predict(X)``)."""
         shape = getattr(X, "shape", (len(X), 1) if hasattr(X, "__len__") else (0, 0))
@@ -305,7 +383,7 @@ class GaussianMixture(Estimator):
     def _fit_predict(self, X, sample_weight) -> np.ndarray:
         check_hyper_parameters(self)
         dtype, device = resolve_dtype(self.dtype, X), resolve_device(self.device, X)
-        Xt = check_X(X, dtype, device, min_samples=2)
+        Xt = check_X(X, dtype, device, min_samples=2, allow_nan=self.missing == "marginalize")
         n, d = Xt.shape
         k = self.n_components
         if n < k:
@@ -326,19 +404,19 @@ class GaussianMixture(Estimator):
         # under torch.distributed each rank holds a shard: the centre, the total weight and the
         # start (drawn on rank 0) are shared; the engine all-reduces the statistics
         parallel = DataParallel.current()
-        wsum = float(Xfit.shape[0]) if wfit is None else float(wfit.sum())
-        # the weighted mean: a row of weight 2 and the same row twice give the same centre
-        sums = torch.cat([Xfit.sum(0) if wfit is None else wfit @ Xfit, Xfit.new_tensor([wsum])])
-        if parallel is not None:
-            sums, wsum = parallel.sum(sums), parallel.sum_float(wsum)
-        shift = sums[:-1] / sums[-1]
+        shift, wsum = _centre(Xfit, wfit, parallel)
         Xc = Xfit - shift
         prefix = f"GaussianMixture{next(_fit_ids)}."
-        features = GaussianFeatures(Xc, self.covariance_type)
+        features = GaussianFeatures(Xc, self.covariance_type, missing=True)
+        incomplete = features.missing is not None
+        # rows with missing coordinates start from their column means (0 once centred); EM then
+        # integrates the missing coordinates out
+        Xstart = torch.nan_to_num(Xc) if incomplete else Xc
         args = (Xc, k, self.covariance_type, wfit, prefix, features)
         chunks = self._chunks(args)
         updates = GMMUpdates(self.reg_covar, params=self.params)
-        em = pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1)
+        em = pyroem.EM(gmm_model, statistics=updates.statistics, solve=updates.solve, max_plate_nesting=1,
+                       missing="marginalize" if incomplete else None)
         rs = check_random_state(self.random_state)
         n_init = 1 if warm else self.n_init
 
@@ -347,7 +425,8 @@ class GaussianMixture(Estimator):
             if warm:
                 start, lb0 = self._params_from_attributes(shift, dtype, device), self.lower_bound_
             else:
-                start, lb0 = self._initial_params(Xc, wfit, rs, inits, shift, features), -math.inf
+                start, lb0 = self._initial_params(Xstart, wfit, rs, inits, shift,
+                                                  None if incomplete else features), -math.inf
                 if parallel is not None:
                     start = {name: parallel.broadcast(value) for name, value in start.items()}
             params, n_iter, lb, hist, converged = self._run(em, updates, args, chunks, start, lb0, wsum, shift)
@@ -542,11 +621,13 @@ class GaussianMixture(Estimator):
         """``log weights_k + log N(x_n | k)``, shape ``(K, N)`` (contiguous)."""
         self._check_fitted()
         dtype, device = self._target()
-        Xt = check_X(X, dtype, device, n_features=self.means_.shape[1])
+        Xt = check_X(X, dtype, device, n_features=self.means_.shape[1], allow_nan=self.missing == "marginalize")
         shift = torch.as_tensor(getattr(self, "_shift", np.zeros(self.means_.shape[1])), dtype=dtype, device=device)
         means = torch.as_tensor(np.asarray(self.means_), dtype=dtype, device=device) - shift
         logw = torch.as_tensor(np.asarray(self.weights_), dtype=dtype, device=device).log()
-        table = log_gaussian_table(Xt - shift, means, self._inv_scale(dtype, device), self.covariance_type)
+        Xc = Xt - shift
+        features = GaussianFeatures(Xc, self.covariance_type, cache=False, missing=True)  # NaN: marginals
+        table = log_gaussian_table(Xc, means, self._inv_scale(dtype, device), self.covariance_type, features)
         return table.add_(logw.unsqueeze(1))
 
     def score_samples(self, X) -> np.ndarray:

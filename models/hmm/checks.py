@@ -62,8 +62,8 @@ def check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def check_2d(X, name: str = "X") -> np.ndarray:
-    """A 2-D numeric array without NaN or infinity."""
+def check_2d(X, name: str = "X", allow_nan: bool = False) -> np.ndarray:
+    """A 2-D numeric array without infinity, and without NaN unless ``allow_nan`` (missing values)."""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     try:
@@ -82,7 +82,11 @@ def check_2d(X, name: str = "X") -> np.ndarray:
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {X.shape})")
     if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinity")
+        if np.isinf(X).any():
+            raise ValueError(f"{name} contains infinity")
+        if not allow_nan:
+            raise ValueError(f"{name} contains NaN ({int(np.isnan(X).sum())} entries). To integrate missing values "
+                             "out of the fit, use missing='marginalize'")
     return X
 
 

@@ -19,6 +19,7 @@ from pyro.distributions import constraints
 import pyroem
 
 from ..exceptions import NotFittedError
+from ..gaussian.missing import MissingPatterns, expected_moments
 from ..kmeans import NumpyDraws, kmeans
 from .base import BaseHMM, ConvergenceMonitor, bind_model
 from .checks import check_2d, check_int, check_prior, check_probs, check_real, floor_covars, random_state_of
@@ -48,10 +49,15 @@ def _categorical(probs: torch.Tensor, probs_constraint: constraints.Constraint) 
     return out
 
 
-def _chain_params(n_components: int, probs_constraint: constraints.Constraint):
+def _chain_params(n_components: int, probs_constraint: constraints.Constraint, like: torch.Tensor):
+    """``startprob`` and ``transmat``, uniform at first, in the float type (float64 for integer
+    symbols) and on the device of the data ``like``."""
     k = n_components
-    startprob = pyro.param("startprob", lambda: torch.full((k,), 1.0 / k), constraint=probs_constraint)
-    transmat = pyro.param("transmat", lambda: torch.full((k, k), 1.0 / k), constraint=probs_constraint)
+    dtype = like.dtype if like.is_floating_point() else torch.float64
+    startprob = pyro.param("startprob", lambda: torch.full((k,), 1.0 / k, dtype=dtype, device=like.device),
+                           constraint=probs_constraint)
+    transmat = pyro.param("transmat", lambda: torch.full((k, k), 1.0 / k, dtype=dtype, device=like.device),
+                          constraint=probs_constraint)
     return startprob, transmat
 
 
@@ -91,9 +97,10 @@ def categorical_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int
         updates keep exact zeros (forbidden transitions, unseen symbols), which the simplex's
         unconstrained coordinates cannot hold.
     """
-    startprob, transmat = _chain_params(n_components, probs_constraint)
+    startprob, transmat = _chain_params(n_components, probs_constraint, X)
     emissionprob = pyro.param(
-        "emissionprob", lambda: torch.full((n_components, n_features), 1.0 / n_features),
+        "emissionprob", lambda: torch.full((n_components, n_features), 1.0 / n_features, dtype=startprob.dtype,
+                                           device=X.device),
         constraint=probs_constraint,
     )
     padded = not bool(mask.all())
@@ -116,7 +123,7 @@ def gaussian_hmm_model(X: torch.Tensor, mask: torch.Tensor, n_components: int,
         ``"full"`` (K, D, D) or ``"tied"`` (D, D).
     """
     k, d = n_components, X.shape[-1]
-    startprob, transmat = _chain_params(n_components, probs_constraint)
+    startprob, transmat = _chain_params(n_components, probs_constraint, X)
     means = pyro.param("means", lambda: torch.zeros(k, d, dtype=X.dtype, device=X.device))
     if covariance_type in ("spherical", "diag"):
         shape = (k,) if covariance_type == "spherical" else (k, d)
@@ -253,7 +260,10 @@ class GaussianHMM(BaseHMM):
     Codes: ``s``, ``t``, ``m`` means, ``c`` covars. The M-step is hmmlearn's, priors included:
     ``means = (w μ₀ + Σγx) / (w + Σγ)``; diagonal ``covars = (c₀ + Σγ(x-μ)² + w(μ-μ₀)²) /
     (max(c_w - 1, 0) + Σγ)`` (``c₀ = covars_prior``, default 1e-2); ``min_covar`` is added to the
-    data covariance of the initial guess.
+    data covariance of the initial guess. ``missing="marginalize"`` accepts NaN entries of ``X``:
+    each step's emission is the marginal normal of its observed coordinates
+    (``pyroem.marginalize_missing``) and the M-step takes the conditional moments of the missing
+    ones; the default refuses NaN, as hmmlearn does.
     """
 
     _codes = "stmc"
@@ -264,10 +274,12 @@ class GaussianHMM(BaseHMM):
                  covars_prior=1e-2, covars_weight=1, algorithm: str = "viterbi", random_state=None,
                  n_iter: int = 10, tol: float = 1e-2, verbose: bool = False, params: str = "stmc",
                  init_params: str = "stmc", device=None, dtype: torch.dtype = torch.float64,
-                 implementation: str = "auto", n_init: int = 1, callback=None) -> None:
+                 implementation: str = "auto", n_init: int = 1, callback=None,
+                 missing: Optional[str] = None) -> None:
         super().__init__(n_components, startprob_prior, transmat_prior, algorithm, random_state,
                          n_iter, tol, verbose, params, init_params, device, dtype, implementation, n_init,
                          callback)
+        self.missing = missing
         self.covariance_type = covariance_type
         self.min_covar = min_covar
         self.means_prior = means_prior
@@ -301,10 +313,13 @@ class GaussianHMM(BaseHMM):
         check_prior(self.covars_prior, "covars_prior",
                     minimum=0 if self.covariance_type in ("spherical", "diag") else None)
         check_prior(self.covars_weight, "covars_weight")
+        if self.missing not in (None, "marginalize"):
+            raise ValueError(f"missing must be None (NaN in X is an error) or 'marginalize', got {self.missing!r}")
 
     def _pyro_model(self):
-        return bind_model(gaussian_hmm_model, n_components=self.n_components,
-                          covariance_type=self.covariance_type, probs_constraint=constraints.real)
+        model = bind_model(gaussian_hmm_model, n_components=self.n_components,
+                           covariance_type=self.covariance_type, probs_constraint=constraints.real)
+        return pyroem.marginalize_missing(model) if self.missing == "marginalize" else model
 
     def _emission_params(self):
         pd = self.covariance_type in ("full", "tied")
@@ -321,7 +336,7 @@ class GaussianHMM(BaseHMM):
         return getattr(self, "n_features", None)
 
     def _check_X(self, X, fitting: bool) -> np.ndarray:
-        X = check_2d(X).astype(np.float64, copy=False)
+        X = check_2d(X, allow_nan=self.missing == "marginalize").astype(np.float64, copy=False)
         d = self._n_features_expected()
         if d is not None and X.shape[1] != d and not (fitting and "m" in self.init_params):
             raise ValueError(f"X has {X.shape[1]} features but the model has {d}")
@@ -336,6 +351,11 @@ class GaussianHMM(BaseHMM):
         k, d = self.n_components, X.shape[1]
         if X.shape[0] < k and self._needs_init("m", "means_"):
             raise ValueError(f"X has {X.shape[0]} samples, fewer than n_components={k}")
+        if np.isnan(X).any():  # the initial guess from the data with each column's mean filled in
+            empty = np.flatnonzero(np.isnan(X).all(0))
+            if len(empty):
+                raise ValueError(f"X has no observed value in column(s) {(empty + 1).tolist()} (numbered from 1)")
+            X = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
         if self._needs_init("m", "means_"):
             _, centers = kmeans(torch.as_tensor(X, dtype=torch.float64)[None], k, NumpyDraws(random_state_of(self.random_state)))
             self.means_ = centers[0].numpy()
@@ -383,8 +403,23 @@ class GaussianHMM(BaseHMM):
 
         def as_t(v):
             return torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=Xpad.dtype, device=Xpad.device)
+        ct = self.covariance_type
+        incomplete = None
+        if self.missing == "marginalize" and bool(torch.isnan(Xpad).any()):
+            # steps with missing coordinates enter by their conditional moments at the current
+            # params (models.gaussian.missing); the direct sums below cover the complete steps
+            flat = Xpad.reshape(-1, Xpad.shape[-1])
+            incomplete = MissingPatterns(flat, grouped=ct in ("full", "tied"))
+            g_inc = gamma.reshape(-1, gamma.shape[-1])[incomplete.rows].T              # (K, n)
+            complete = ~torch.isnan(Xpad).any(-1, keepdim=True)
+            gamma = gamma * complete
+            Xpad = torch.nan_to_num(Xpad)
+            # about the current means μₙ: Σγ, Σγ E[x - μₙ], Σγ E[(x - μₙ)(x - μₙ)ᵀ]
+            s0, s1, s2 = expected_moments(incomplete, g_inc, p["means"], p["covars"], ct, p["means"])
         post = gamma.sum((0, 1))                                    # Σγ (K,)
         obs = torch.einsum("ntk,ntd->kd", gamma, Xpad)              # Σγx (K, D)
+        if incomplete is not None:
+            post, obs = post + s0, obs + s1 + s0.unsqueeze(-1) * p["means"]
         denom = post.unsqueeze(-1)
         means_prior, means_weight = as_t(self.means_prior), as_t(self.means_weight)
         means = p["means"]
@@ -397,12 +432,20 @@ class GaussianHMM(BaseHMM):
             return out
         covars_prior, covars_weight = as_t(self.covars_prior), as_t(self.covars_weight)
         meandiff = means - means_prior
-        ct = self.covariance_type
         # Σγ(x-μ)² summed directly, not as Σγx² - 2μΣγx + μ²Σγ: the same number without the
         # cancellation that costs float32 most of its digits when |μ| is large against the spread
         diff = Xpad.unsqueeze(-2) - means                           # (N, T, K, D)
+        scatter = 0.0
+        if incomplete is not None:  # Σγ E[(x - μ)(x - μ)ᵀ] over the incomplete steps, moved from μₙ to μ
+            delta = means - p["means"]
+            if ct in ("spherical", "diag"):
+                scatter = s2 - 2 * delta * s1 + s0.unsqueeze(-1) * delta.square()
+            else:
+                cross = s1.unsqueeze(-1) * delta.unsqueeze(-2)
+                scatter = (s2 - cross - cross.transpose(-1, -2)
+                           + s0[:, None, None] * delta.unsqueeze(-1) * delta.unsqueeze(-2))
         if ct in ("spherical", "diag"):
-            c_n = means_weight * meandiff ** 2 + torch.einsum("ntk,ntkd->kd", gamma, diff * diff)
+            c_n = means_weight * meandiff ** 2 + torch.einsum("ntk,ntkd->kd", gamma, diff * diff) + scatter
             c_d = torch.clamp(covars_weight - 1, min=0) + denom
             cov = (covars_prior + c_n) / torch.clamp(c_d, min=1e-5)
             if ct == "spherical":
@@ -410,7 +453,7 @@ class GaussianHMM(BaseHMM):
         else:
             mw = means_weight if means_weight.dim() == 0 else means_weight.reshape(-1, 1, 1)
             c_n = (mw * meandiff.unsqueeze(-1) * meandiff.unsqueeze(-2)
-                   + torch.einsum("ntk,ntkd,ntke->kde", gamma, diff, diff))
+                   + torch.einsum("ntk,ntkd,ntke->kde", gamma, diff, diff) + scatter)
             cvweight = torch.clamp(covars_weight - means.shape[-1], min=0)
             if ct == "tied":
                 cov = (covars_prior + c_n.sum(0)) / (cvweight + post.sum())
