@@ -14,34 +14,58 @@ at once.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import torch
 
 LOG_2PI = math.log(2 * math.pi)
 
 
+#: elements of the largest per-pattern or per-row matrix stack (K x patterns or rows x D x D)
+_BLOCK_ELEMENTS = 1 << 22
+
+
 class MissingPatterns:
-    """The incomplete rows of ``X`` ``(N, D)`` (``rows``), which coordinates each observes
-    (``observed``, ``(n, D)`` bool), and for full or tied covariances the rows grouped by their
-    pattern: ``groups`` of ``(positions in rows, observed coordinates, missing coordinates)``."""
+    """The incomplete rows of ``X`` ``(N, D)``: their positions ``rows``, which coordinates each
+    observes (``observed``, ``(n, D)`` bool) and their values with 0 for the missing ones
+    (``values``). For full or tied covariances (``grouped``) the rows are sorted by their
+    pattern of missing coordinates: ``patterns`` ``(P, D)`` (True where observed), each row's
+    pattern ``which`` and the number of rows of each (``counts``); :meth:`blocks` groups them."""
 
     def __init__(self, X: torch.Tensor, grouped: bool) -> None:
         nan = torch.isnan(X)
         incomplete = nan.any(-1)
-        self.rows = torch.nonzero(incomplete).squeeze(1)
-        gone = nan[self.rows]
+        rows = torch.nonzero(incomplete).squeeze(1)
+        gone = nan[rows]
+        self.counts: List[int] = []
+        if grouped and rows.numel():
+            if gone.shape[-1] <= 62:  # each pattern as one integer: a 1-D unique, far faster than by rows
+                bits = torch.arange(gone.shape[-1], device=gone.device)
+                codes, which = torch.unique((gone.long() << bits).sum(-1), return_inverse=True)
+                patterns = ((codes.unsqueeze(-1) >> bits) & 1).bool()
+            else:
+                patterns, which = torch.unique(gone, dim=0, return_inverse=True)
+            order = torch.argsort(which, stable=True)
+            rows, gone, which = rows[order], gone[order], which[order]
+            self.patterns, self.which = ~patterns, which
+            self.counts = torch.bincount(which, minlength=len(patterns)).tolist()
+        self.rows = rows
         self.observed = ~gone
-        self.values = torch.where(gone, torch.zeros((), dtype=X.dtype, device=X.device), X[self.rows])
-        self.groups: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        if grouped and self.rows.numel():
-            patterns, which = torch.unique(gone, dim=0, return_inverse=True)
-            for p, pattern in enumerate(patterns):
-                self.groups.append((torch.nonzero(which == p).squeeze(1), torch.nonzero(~pattern).squeeze(1),
-                                    torch.nonzero(pattern).squeeze(1)))
+        self.values = torch.where(gone, torch.zeros((), dtype=X.dtype, device=X.device), X[rows])
 
     def __len__(self) -> int:
         return int(self.rows.numel())
+
+    def blocks(self, k: int, d: int) -> Iterator[Tuple[slice, slice]]:
+        """``(patterns, their rows)`` in groups whose ``(K, patterns, D, D)`` matrices stay within
+        a memory budget."""
+        per_block = max(1, _BLOCK_ELEMENTS // (k * d * d))
+        p0 = r0 = 0
+        while p0 < len(self.counts):
+            p1 = min(len(self.counts), p0 + per_block)
+            r1 = r0 + sum(self.counts[p0:p1])
+            yield slice(p0, p1), slice(r0, r1)
+            p0, r0 = p1, r1
 
 
 def _variances(cov: torch.Tensor, covariance_type: str, k: int, d: int) -> torch.Tensor:
@@ -49,9 +73,17 @@ def _variances(cov: torch.Tensor, covariance_type: str, k: int, d: int) -> torch
     return cov.unsqueeze(-1).expand(k, d) if covariance_type == "spherical" else cov
 
 
-def _full(cov: torch.Tensor, covariance_type: str, k: int) -> torch.Tensor:
-    """``(K, D, D)`` covariance matrices (tied: one, shared by all components)."""
-    return cov.expand((k,) + cov.shape[-2:]) if covariance_type == "tied" else cov
+def _pattern_block(full: torch.Tensor, seen: torch.Tensor):
+    """For covariances ``full`` ``(K | 1, D, D)`` and patterns ``seen`` ``(P, D)`` (1.0 where
+    observed): ``W = Σ_oo⁻¹`` embedded in ``D x D`` (zero on missing rows and columns) and
+    ``log |Σ_oo|``, both per component and pattern, from one batched Cholesky of
+    ``Σ_oo ⊕ I_mm`` (``(K, P, D, D)`` and ``(K, P)``)."""
+    both = seen.unsqueeze(-1) * seen.unsqueeze(-2)                              # (P, D, D)
+    mat = full.unsqueeze(1) * both + torch.diag_embed(1.0 - seen)               # Σ_oo ⊕ I_mm
+    chol = torch.linalg.cholesky(mat)
+    log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return torch.cholesky_inverse(chol) * both, log_det
+
 
 
 def marginal_log_table(patterns: MissingPatterns, means: torch.Tensor, cov: torch.Tensor,
@@ -65,21 +97,28 @@ def marginal_log_table(patterns: MissingPatterns, means: torch.Tensor, cov: torc
         quad = -0.5 * (x.square() @ prec.T) + x @ (prec * means).T                 # (n, K)
         const = -0.5 * (means.square() * prec + LOG_2PI - prec.log())             # (K, D)
         return (quad + seen @ const.T).T
-    full = _full(cov, covariance_type, k)
-    out = x.new_zeros((k, len(patterns)))
-    parts, where = [], []
-    for pos, o, _ in patterns.groups:
-        if o.numel() == 0:
-            continue
-        chol = torch.linalg.cholesky(full[:, o][:, :, o])                          # (K, o, o)
-        diff = (x[pos][:, o].unsqueeze(0) - means[:, o].unsqueeze(1)).transpose(-1, -2)
-        sol = torch.linalg.solve_triangular(chol, diff, upper=False)              # (K, o, n_p)
-        log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1, keepdim=True)
-        parts.append(-0.5 * sol.square().sum(-2) - log_det - 0.5 * o.numel() * LOG_2PI)
-        where.append(pos)
+    full = cov if covariance_type == "full" else cov.unsqueeze(0)              # (K | 1, D, D)
+    out = x.new_empty((k, len(patterns)))
+    parts = []
+    for pats, rows in patterns.blocks(k, d):
+        seen_p = patterns.patterns[pats].to(means.dtype)
+        weight, log_det = _pattern_block(full, seen_p)
+        const = log_det + seen_p.sum(-1) * LOG_2PI                                   # (K | 1, P)
+        for p, sl in enumerate(_pattern_rows(patterns, pats, rows)):
+            dev = x[sl].unsqueeze(0) - means.unsqueeze(1)                            # (K, n_p, D)
+            maha = ((dev @ weight[:, p]) * dev).sum(-1)
+            parts.append(-0.5 * (maha + const[:, p:p + 1]))
     if parts:
-        out = out.index_copy(1, torch.cat(where), torch.cat(parts, 1))
+        out = torch.cat(parts, -1)
     return out
+
+
+def _pattern_rows(patterns: MissingPatterns, pats: slice, rows: slice) -> Iterator[slice]:
+    """The rows of each pattern of a block: contiguous, since the rows are sorted by pattern."""
+    at = rows.start
+    for count in patterns.counts[pats]:
+        yield slice(at, at + count)
+        at += count
 
 
 def expected_moments(patterns: MissingPatterns, resp_t: torch.Tensor, means: torch.Tensor, cov: torch.Tensor,
@@ -100,28 +139,31 @@ def expected_moments(patterns: MissingPatterns, resp_t: torch.Tensor, means: tor
         s1 = r_x - centre * r_seen + dm * r_gone
         s2 = r_x2 - 2 * centre * r_x + centre.square() * r_seen + (dm.square() + var) * r_gone
         return s0, s1, s2
-    full = _full(cov, covariance_type, k)
+    full = cov if covariance_type == "full" else cov.unsqueeze(0)              # (K | 1, D, D)
     s1 = means.new_zeros((k, d))
     s2 = means.new_zeros((k, d, d))
-    for pos, o, m in patterns.groups:
-        r = resp_t[:, pos]                                                        # (K, n_p)
-        xo = x[pos][:, o]                                                          # (n_p, o)
-        filled = x.new_zeros((k, pos.numel(), d))
-        filled[:, :, o] = xo.unsqueeze(0)
-        if m.numel():
-            if o.numel():
-                chol = torch.linalg.cholesky(full[:, o][:, :, o])
-                gain = torch.cholesky_solve(full[:, o][:, :, m], chol)              # Σ_oo⁻¹ Σ_om (K, o, m)
-                filled[:, :, m] = means[:, m].unsqueeze(1) + (xo.unsqueeze(0) - means[:, o].unsqueeze(1)) @ gain
-                cond = full[:, m][:, :, m] - full[:, m][:, :, o] @ gain             # (K, m, m)
-            else:
-                filled[:, :, m] = means[:, m].unsqueeze(1)
-                cond = full[:, m][:, :, m]
-            block = s2[:, m][:, :, m] + r.sum(-1)[:, None, None] * cond
-            s2[:, m.unsqueeze(-1), m] = block
-        dev = filled - centre.unsqueeze(1)
-        s1 = s1 + (r.unsqueeze(-1) * dev).sum(1)
-        s2 = s2 + (r.unsqueeze(-1) * dev).transpose(-1, -2) @ dev
+    for pats, rows in patterns.blocks(k, d):
+        seen_p = patterns.patterns[pats].to(means.dtype)
+        weight, _ = _pattern_block(full, seen_p)
+        gone_p = 1.0 - seen_p
+        # Σ_mo Σ_oo⁻¹ embedded (zero rows on the observed coordinates), transposed for row vectors
+        gain_t = (gone_p.unsqueeze(-1) * (full.unsqueeze(1) @ weight)).transpose(-1, -2)
+        # Cov[x_m | x_o] = Σ_mm − Σ_mo Σ_oo⁻¹ Σ_om on the missing block, weighted by Σ r per pattern
+        cond = (full.unsqueeze(1) - gain_t.transpose(-1, -2) @ full.unsqueeze(1)) * (
+            gone_p.unsqueeze(-1) * gone_p.unsqueeze(-2))
+        r_pat = torch.stack([resp_t[:, sl].sum(-1) for sl in _pattern_rows(patterns, pats, rows)], -1)
+        s2 = s2 + torch.einsum("kp,kpde->kde", r_pat, cond.expand(k, *cond.shape[1:]))
+        # E[x | x_o] = x_o on the observed coordinates, μ_m + Σ_mo Σ_oo⁻¹ (x_o − μ_o) on the others:
+        # x + G x + (1 − o) μ − G μ, with G = Σ_mo Σ_oo⁻¹ embedded (its Gᵀ in gain_t)
+        shift = gone_p * means.unsqueeze(1) - (means[:, None, None, :] @ gain_t).squeeze(-2)  # (K, P, D)
+        filled = x.new_empty((k, rows.stop - rows.start, d))
+        for p, sl in enumerate(_pattern_rows(patterns, pats, rows)):
+            at = slice(sl.start - rows.start, sl.stop - rows.start)
+            torch.matmul(x[sl], gain_t[:, p].expand(k, d, d), out=filled[:, at]).add_(x[sl]).add_(shift[:, p:p + 1])
+        centred = filled - centre.unsqueeze(1)
+        weighted = resp_t[:, rows].unsqueeze(-1) * centred
+        s1 = s1 + weighted.sum(1)
+        s2 = s2 + weighted.transpose(-1, -2) @ centred
     return s0, s1, s2
 
 
