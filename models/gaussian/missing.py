@@ -6,10 +6,11 @@ ones given the observed ones and the component,
 
     ``E[x_m | x_o, k] = μ_m + Σ_mo Σ_oo⁻¹ (x_o − μ_o)``,   ``Cov[x_m | x_o, k] = Σ_mm − Σ_mo Σ_oo⁻¹ Σ_om``,
 
-so ``Σ_n r_nk E[x_n x_nᵀ | x_n,o, k]`` replaces ``Σ_n r_nk x_n x_nᵀ``. Full and tied covariances
-take one small solve per pattern of missing coordinates; diagonal and spherical ones, whose
-coordinates are independent given the component, take matrix products over all incomplete rows
-at once.
+so ``Σ_n r_nk E[x_n x_nᵀ | x_n,o, k]`` replaces ``Σ_n r_nk x_n x_nᵀ``. For full and tied
+covariances the rows are sorted by their pattern of missing coordinates; ``Σ_oo⁻¹`` of every
+pattern comes from one batched Cholesky of ``Σ_oo ⊕ I_mm`` per block of patterns, and each
+pattern's rows take one matrix product. Diagonal and spherical covariances, whose coordinates are
+independent given the component, take matrix products over all incomplete rows at once.
 """
 from __future__ import annotations
 
@@ -83,7 +84,6 @@ def _pattern_block(full: torch.Tensor, seen: torch.Tensor):
     chol = torch.linalg.cholesky(mat)
     log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return torch.cholesky_inverse(chol) * both, log_det
-
 
 
 def marginal_log_table(patterns: MissingPatterns, means: torch.Tensor, cov: torch.Tensor,
