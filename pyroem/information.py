@@ -6,6 +6,7 @@ bijective coordinates ``u`` (``biject_to`` of each constraint) and carried to th
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -71,6 +72,49 @@ class Information:
         return out
 
 
+class _TriangularCoordinates:
+    """A bijection from the lower-triangular entries ``(..., D(D+1)/2)`` to lower Cholesky factors
+    (log diagonal, as Pyro's ``transform_to(lower_cholesky)``), or to positive definite matrices
+    ``L Lᵀ``: torch registers no ``biject_to`` for these, whose ``transform_to`` works on the
+    whole ``D x D`` matrix and ignores its upper triangle."""
+
+    def __init__(self, positive_definite: bool) -> None:
+        self.positive_definite = positive_definite
+
+    @staticmethod
+    def _size(m: int) -> int:
+        return int((math.isqrt(8 * m + 1) - 1) // 2)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        d = self._size(u.shape[-1])
+        i, j = torch.tril_indices(d, d, device=u.device)
+        raw = u.new_zeros(u.shape[:-1] + (d, d))
+        raw[..., i, j] = u
+        chol = raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+        return chol @ chol.transpose(-1, -2) if self.positive_definite else chol
+
+    def inv(self, value: torch.Tensor) -> torch.Tensor:
+        chol = torch.linalg.cholesky(value) if self.positive_definite else value
+        d = chol.shape[-1]
+        raw = chol.tril(-1) + torch.diag_embed(chol.diagonal(dim1=-2, dim2=-1).log())
+        i, j = torch.tril_indices(d, d, device=value.device)
+        return raw[..., i, j]
+
+
+def _bijection(kind: constraints.Constraint, name: str):
+    """``biject_to(kind)``, or :class:`_TriangularCoordinates` for Cholesky factors and positive
+    definite matrices."""
+    if kind is constraints.lower_cholesky or isinstance(kind, type(constraints.lower_cholesky)):
+        return _TriangularCoordinates(positive_definite=False)
+    if kind is constraints.positive_definite or isinstance(kind, type(constraints.positive_definite)):
+        return _TriangularCoordinates(positive_definite=True)
+    try:
+        return biject_to(kind)
+    except NotImplementedError:
+        raise ValueError(f"param '{name}': its constraint {kind} has no bijective unconstrained coordinates, "
+                         "so the observed information cannot be taken in them") from None
+
+
 class _Coordinates:
     """The fitted params as one flat vector ``u`` of bijective unconstrained coordinates (a simplex
     of K by stick-breaking in K − 1), whatever the param store keeps."""
@@ -79,7 +123,7 @@ class _Coordinates:
         store = pyro.get_param_store()
         self.names = list(names)
         self.kinds = {n: (kinds or {}).get(n, param_constraint(n, store)) for n in names}
-        self.transforms = [biject_to(self.kinds[n]) for n in names]
+        self.transforms = [_bijection(self.kinds[n], n) for n in names]
         self.us = [t.inv(store.get_param(n).detach().double()) for n, t in zip(names, self.transforms)]
         self.flat = torch.cat([u.reshape(-1) for u in self.us])
         self.dtype = store.get_param(names[0]).dtype

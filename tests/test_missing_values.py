@@ -34,13 +34,17 @@ def _data(n=40, d=3, frac=0.25, seed=0):
 
 
 def _observed_loglik(X, w, mu, cov):
-    """Σ_n log Σ_k w_k N(x_n,o | μ_k,o, Σ_k,oo) by scipy, row by row."""
+    """Σ_n log Σ_k w_k N(x_n,o | μ_k,o, Σ_k,oo) by scipy, the rows of each pattern of missing
+    coordinates at once."""
+    seen = ~np.isnan(X)
     total = 0.0
-    for x in X:
-        o = ~np.isnan(x)
-        if o.any():
-            total += logsumexp([np.log(w[k]) + multivariate_normal(mu[k][o], cov[k][np.ix_(o, o)]).logpdf(x[o])
-                                for k in range(len(w))])
+    for pattern in np.unique(seen, axis=0):
+        if not pattern.any():
+            continue
+        rows = X[(seen == pattern).all(1)][:, pattern]
+        per = np.stack([np.log(w[k]) + np.atleast_1d(multivariate_normal(mu[k][pattern], cov[k][np.ix_(pattern, pattern)])
+                                                     .logpdf(rows)) for k in range(len(w))], 1)
+        total += logsumexp(per, axis=1).sum()
     return total
 
 
@@ -330,3 +334,60 @@ def test_gaussian_hmm_with_missing_values_matches_the_textbook_baum_welch(covari
     assert h.predict(X).shape == (50,)
     with pytest.raises(ValueError, match="missing='marginalize'"):
         GaussianHMM(2).fit(X)
+
+
+def test_standard_errors_with_missing_values_and_cholesky_params_match_finite_differences():
+    """The observed information of a ``MultivariateNormal`` mixture with missing entries, its
+    scales held as Cholesky factors (``constraints.lower_cholesky``, taken in the coordinates of
+    their lower triangle): the standard errors of the means and of the factors' entries match the
+    inverse of a finite-difference Hessian of numpy's observed-data log-likelihood, and Louis'
+    identity gives the same matrix."""
+    X = _data(n=80, seed=7)
+    tril0 = np.linalg.cholesky(START_COV)
+
+    def model(X):
+        w = pyro.param("w", torch.full((2,), 0.5, dtype=X.dtype), constraint=constraints.simplex)
+        mu = pyro.param("mu", torch.tensor(START_MU, dtype=X.dtype))
+        tril = pyro.param("tril", torch.tensor(tril0, dtype=X.dtype), constraint=constraints.lower_cholesky)
+        with pyro.plate("rows", X.shape[0]):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("x", dist.MultivariateNormal(mu[z], scale_tril=tril[z]), obs=X)
+
+    pyro.clear_param_store()
+    res = pyroem.EM(model, missing="marginalize").fit(torch.as_tensor(X), max_iter=1000, tol=1e-12)
+    low = np.tril_indices(3)
+
+    def unpack(t):
+        w1, mu = t[0], t[1:7].reshape(2, 3)
+        tril = np.zeros((2, 3, 3))
+        tril[0][low], tril[1][low] = t[7:13], t[13:19]
+        return np.array([w1, 1 - w1]), mu, tril @ tril.transpose(0, 2, 1)
+
+    t0 = np.concatenate([[float(res.params["w"][0])], res.params["mu"].numpy().ravel(),
+                         res.params["tril"].numpy()[0][low], res.params["tril"].numpy()[1][low]])
+    h, n = 1e-4, len(t0)
+    f0 = -_observed_loglik(X, *unpack(t0))
+    shifted = {}
+
+    def f(*steps):
+        key = tuple(sorted(steps))
+        if key not in shifted:
+            t = t0.copy()
+            for i, s in steps:
+                t[i] += s * h
+            shifted[key] = -_observed_loglik(X, *unpack(t))
+        return shifted[key]
+
+    hess = np.zeros((n, n))
+    for i in range(n):
+        hess[i, i] = (f((i, 1)) - 2 * f0 + f((i, -1))) / h ** 2
+        for j in range(i):
+            hess[i, j] = hess[j, i] = (f((i, 1), (j, 1)) - f((i, 1), (j, -1)) - f((i, -1), (j, 1))
+                                       + f((i, -1), (j, -1))) / (4 * h * h)
+    ref = np.sqrt(np.diag(np.linalg.inv(hess)))
+    se = res.standard_errors()
+    np.testing.assert_allclose(se["mu"].numpy().ravel(), ref[1:7], rtol=2e-3)
+    np.testing.assert_allclose(np.concatenate([se["tril"].numpy()[0][low], se["tril"].numpy()[1][low]]), ref[7:],
+                               rtol=2e-3)
+    louis = res.standard_errors(method="louis")
+    np.testing.assert_allclose(louis["tril"].numpy(), se["tril"].numpy(), rtol=1e-8, atol=1e-14)
