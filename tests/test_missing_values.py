@@ -391,3 +391,22 @@ def test_standard_errors_with_missing_values_and_cholesky_params_match_finite_di
                                rtol=2e-3)
     louis = res.standard_errors(method="louis")
     np.testing.assert_allclose(louis["tril"].numpy(), se["tril"].numpy(), rtol=1e-8, atol=1e-14)
+
+
+def test_sample_weight_with_missing_values_counts_rows_as_copies():
+    """With missing entries, a row of weight 2 is the same row twice: the same fit from the same
+    start (weights enter the centre, the E-step and the conditional moments alike)."""
+    X = _data(n=50, seed=9)
+    prec, _ = _start("full")
+    kw = dict(missing="marginalize", reg_covar=0.0, tol=0.0, max_iter=5, weights_init=START_W, means_init=START_MU,
+              precisions_init=prec)
+    weights = np.ones(len(X))
+    weights[::3] = 2.0
+    repeated = np.repeat(X, weights.astype(int), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = GaussianMixture(2, **kw).fit(X, sample_weight=weights)
+        b = GaussianMixture(2, **kw).fit(repeated)
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-10)
+    np.testing.assert_allclose(a.weights_, b.weights_, rtol=1e-10)
