@@ -81,15 +81,16 @@ def _positions(columns: List[str], has_header: bool, text: str, path: str, optio
 
 
 #: fields read as missing values under ``--missing`` (compared without case), besides an empty one
-MISSING_MARKS = ("na", "n/a", "nan", "null", "none")
+MISSING_MARKS = ("na", "n/a", "nan", "null", "none", ".")
 
 
 def read_table(path: str, columns_text: Optional[str] = None, option: str = "--columns",
                missing: bool = False) -> Table:
     """A CSV of numbers, with or without a header (a first row that is not all numbers); with
     ``columns_text`` (comma-separated names or numbers from 1) only those columns, in that order, and
-    only they need to be numeric. With ``missing``, an empty field (or NA, N/A, NaN, null, None)
-    is a missing value, read as NaN; without it, it is an error that names ``--missing``.
+    only they need to be numeric. With ``missing``, an empty field (or NA, N/A, NaN, null, None
+    or ``.``, in any case) is a missing value, read as NaN; without it, it is an error that names
+    ``--missing``.
 
     Blank lines and lines starting with ``#`` are skipped; fields may be separated by commas,
     semicolons or tabs.
@@ -128,12 +129,16 @@ def read_table(path: str, columns_text: Optional[str] = None, option: str = "--c
             if x is None or (math.isnan(x) and not missing):
                 if not cell or _is_missing_mark(cell):
                     raise CliError(f"{where}: {'an empty field' if not cell else repr(cell)} is a missing value; "
-                                   "give --missing to integrate missing values out of the fit")
+                                   "give --missing to read missing values")
                 raise CliError(f"{where}: {cell!r} is not a number; every column read must be numeric "
                                "(--columns picks the ones to read)")
             if not math.isfinite(x):
                 raise CliError(f"{where}: {cell!r} is not a finite number")
             values[i, out_j] = x
+    if missing and len(rows):
+        empty = [columns[j] for out_j, j in enumerate(keep) if np.isnan(values[:, out_j]).all()]
+        if empty:
+            raise CliError(f"{path}: column {empty[0]!r} has no value (every field missing); leave it out with --columns")
     return Table(values, [columns[j] for j in keep], has_header, path)
 
 

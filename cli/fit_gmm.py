@@ -97,8 +97,14 @@ def results(est, table: Table) -> Dict[str, Any]:
     }
 
 
-def _vector(v: np.ndarray, limit: int = 6) -> str:
-    shown = ", ".join(f"{x:+.4g}" for x in v[:limit])
+def _decimals(values: np.ndarray) -> int:
+    """Decimals that give the largest of ``values`` 4 significant digits (one format for a table)."""
+    top = float(np.max(np.abs(values))) if np.size(values) else 0.0
+    return min(8, max(0, 3 - int(np.floor(np.log10(top))))) if top > 0 else 4
+
+
+def _vector(v: np.ndarray, decimals: int, limit: int = 6) -> str:
+    shown = ", ".join(f"{x:+.{decimals}f}" for x in v[:limit])
     return f"({shown}{', ...' if len(v) > limit else ''})"
 
 
@@ -113,8 +119,9 @@ def summary(res: Dict[str, Any], table: Table) -> str:
         f"BIC {res['bic']:.2f}, AIC {res['aic']:.2f}",
         f"{'component':>9}  {'weight':>7}  mean",
     ]
+    decimals = _decimals(np.asarray(res["means"])[:, :6])
     for k, (w, m) in enumerate(zip(res["weights"], res["means"])):
-        lines.append(f"{k + 1:>9}  {w:>7.4f}  {_vector(np.asarray(m))}")
+        lines.append(f"{k + 1:>9}  {w:>7.4f}  {_vector(np.asarray(m), decimals)}")
     return "\n".join(lines)
 
 

@@ -112,7 +112,8 @@ def results(est, X: np.ndarray, lengths: np.ndarray, table: Table, emission: str
         out["emissionprob"] = est.emissionprob_
     else:
         out.update(covariance_type=est.covariance_type, means=est.means_, covars=est.covars_)
-    out.update(log_likelihood=ll, n_iter=int(est.n_iter_), converged=bool(est.converged_),
+    out.update(log_likelihood=ll, bic=float(est.bic(X, lengths)), aic=float(est.aic(X, lengths)),
+               n_iter=int(est.n_iter_), converged=bool(est.converged_),
                history=[float(v) for v in est.history_],
                notes="log_likelihood: log p(X) summed over all sequences at the returned parameters "
                      "(hmmlearn's score); history: its value at the start of every EM step; covars: "
@@ -138,7 +139,7 @@ def summary(res: Dict[str, Any], path: str) -> str:
         f"{path}: {res['n_samples']} rows in {len(res['lengths'])} sequence(s)",
         f"{res['model']}, {res['n_components']} state(s): "
         f"{'converged' if res['converged'] else 'NOT converged'} after {res['n_iter']} EM step(s)",
-        f"log-likelihood {res['log_likelihood']:.6f} (sum over sequences)",
+        f"log-likelihood: {res['log_likelihood']:.6f} (sum over sequences); BIC {res['bic']:.2f}, AIC {res['aic']:.2f}",
         *([f"missing values: {res['n_missing']} entries, integrated out"] if res.get("n_missing") else []),
         "start probabilities " + np.array2string(np.asarray(res["startprob"]), **np_opts),
         f"transition matrix (row i, column j: from state i to state j, states 1 to {res['n_components']})\n"
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         states = est.predict(first)
         fig = plotting.hmm_figure(est.predict_proba(first), paths={"Viterbi path": states},
                                   title="Posterior state probabilities of the first sequence",
-                                  series=first, series_states=states)
+                                  series=first, series_states=states,
+                                  series_name=table.columns[0] if table.has_header else "column 1")
         print(f"figure: {plotting.save_figure(fig, args.plot)}")
     return 0

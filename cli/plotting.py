@@ -113,10 +113,12 @@ def allele_path_figure(freq_history: Sequence[dict], ll_history: Sequence[float]
 
 def hmm_figure(posterior: np.ndarray, state_names: Optional[Sequence[str]] = None,
                paths: Optional[dict] = None, title: str = "HMM posterior state probabilities",
-               series: Optional[np.ndarray] = None, series_states: Optional[np.ndarray] = None):
+               series: Optional[np.ndarray] = None, series_states: Optional[np.ndarray] = None,
+               series_name: str = "observed"):
     """Stacked posterior ``p(state_t | data)`` ``(T, K)``; above it the observed ``series`` (its
-    first column) coloured by ``series_states``, when given, so each state's meaning shows; below
-    it, state paths such as the Viterbi path or the true states (``{name: states}``)."""
+    first column, named ``series_name``) coloured by ``series_states``, when given, so each state's
+    meaning shows; below it, state paths such as the Viterbi path or the true states
+    (``{name: states}``)."""
     plt = pyplot()
     t_len, k = posterior.shape
     names = list(state_names) if state_names is not None else [f"state {i + 1}" for i in range(k)]
@@ -132,8 +134,14 @@ def hmm_figure(posterior: np.ndarray, state_names: Optional[Sequence[str]] = Non
         for i in range(k):
             at = labels == i
             ax.scatter(t[at], values[at], s=9, color=COLOURS[i % len(COLOURS)], label=names[i], zorder=2)
-        ax.set_ylabel("observed")
-        ax.set_title(title.replace("Posterior state probabilities", "Observations by decoded state"))
+        ax.set_ylabel(series_name)
+        top_title = title.replace("Posterior state probabilities", "Observations by decoded state")
+        n_series = np.asarray(series).reshape(t_len, -1).shape[1]
+        if n_series > 1:
+            top_title += f" (the first of {n_series} columns)"
+        if np.isnan(values).any():
+            top_title += f"; {int(np.isnan(values).sum())} missing steps are gaps"
+        ax.set_title(top_title)
         ax.legend(loc="upper right", fontsize=8)
     ax = axes[top, 0]
     ax.stackplot(t, posterior.T, labels=names, colors=[COLOURS[i % len(COLOURS)] for i in range(k)], alpha=0.6)

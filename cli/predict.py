@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, IndexError, TypeError) as err:
         raise CliError(f"{args.params}: a parameter is missing or malformed ({err})") from None
     print(f"{table.path}: {len(X)} rows in {len(lengths)} sequence(s); {args.params}: {res['model']}, {k} state(s)")
-    print(f"log-likelihood {score:.6f} (sum over sequences)")
+    print(f"log-likelihood: {score:.6f} (sum over sequences)")
     if args.labels:
         write_hmm_labels(args.labels, est, X, lengths)
         print(f"states: {args.labels}")

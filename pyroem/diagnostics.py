@@ -63,8 +63,9 @@ def explain_nonfinite(value: float, trace, params: Mapping[str, torch.Tensor]) -
             if bool((lp == -math.inf).any()):
                 neg_sites.append(name)
     if bad_data:
-        return (f"the observed data hold NaN/inf at site(s) {', '.join(bad_data)}; "
-                "check the data for NaN/inf (mask missing values with poutine.mask or obs_mask)")
+        return (f"the observed data hold NaN/inf at site(s) {', '.join(bad_data)}; an infinite value is not a "
+                "datum: check the data (NaN entries, missing values, are integrated out by "
+                "EM(model, missing='marginalize'))")
     if math.isnan(value):
         where = f" at site(s) {_sites(nan_sites)}" if nan_sites else ""
         return (f"a log-probability is NaN{where}; check the data for NaN/inf and the model for "

@@ -135,6 +135,18 @@ def _float_observation(msg: dict) -> None:
     msg["value"] = value.to(dtype)
 
 
+def _refuse_nan(msg: dict) -> None:
+    """A clear error for NaN data (not Pyro's support error, which prints the tensor)."""
+    value = msg["value"]
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        nan = torch.isnan(value)
+        if bool(nan.any()):
+            raise ValueError(
+                f"site '{msg['name']}' observes NaN values ({int(nan.sum())} of {value.numel()} entries). To "
+                "integrate them out of the likelihood, build EM(model, missing='marginalize') (or wrap the "
+                "model in pyroem.marginalize_missing)")
+
+
 class LatentPolicy(Messenger):
     """Enumerate finite discrete latents, point-estimate continuous global latents.
 
@@ -143,17 +155,24 @@ class LatentPolicy(Messenger):
 
     :param values: constrained values that stand in for the param store's MAP estimates
         (the M-step's trial points); see :class:`SubstituteParams`.
+
+    :param check_data: refuse NaN observations, naming the site and how to integrate them out
+        (on the runs that validate the data, the first of each data set).
     """
 
-    def __init__(self, enumerate: bool = True, values: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    def __init__(self, enumerate: bool = True, values: Optional[Dict[str, torch.Tensor]] = None,
+                 check_data: bool = True) -> None:
         super().__init__()
         self.enumerate = enumerate
         self.values = values or {}
+        self.check_data = check_data
         self.chains: Dict[str, MarkovChain] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] and not msg["done"]:
             _float_observation(msg)
+            if self.check_data:
+                _refuse_nan(msg)
         if msg["is_observed"] or msg["done"] or is_subsample_site(msg):
             return
         fn = msg["fn"]

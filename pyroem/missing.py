@@ -81,7 +81,10 @@ class MissingMultivariateNormal(TorchDistribution):
             if seen.numel() == d:
                 tril = _rows(scale_tril, idx, 2)
             else:
-                tril = torch.linalg.cholesky(_rows(cov, idx, 2)[..., seen, :][..., :, seen])
+                tril, info = torch.linalg.cholesky_ex(_rows(cov, idx, 2)[..., seen, :][..., :, seen])
+                if bool((info != 0).any()):
+                    raise ValueError("a MultivariateNormal's covariance is not positive definite on the observed "
+                                     "coordinates of some rows")
             part = torch.distributions.MultivariateNormal(mu, scale_tril=tril, validate_args=False).log_prob(x[idx][:, seen])
             parts.append(part.expand(lead + (idx.numel(),)))
         out = torch.cat(parts, -1)

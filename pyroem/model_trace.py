@@ -239,12 +239,14 @@ class ModelTracer:
         (an error of the model itself is then raised from that run)."""
         depth = thresholds.PROBE_NESTING if self.max_plate_nesting is None else self.max_plate_nesting
         try:
-            model = poutine.enum(LatentPolicy(enumerate=True)(self.model),
+            # the data are checked by the first E-step's trace (in a data-parallel fit, where every
+            # rank learns of a failure), not here
+            model = poutine.enum(LatentPolicy(enumerate=True, check_data=False)(self.model),
                                  first_available_dim=-1 - depth)
             return poutine.trace(model).get_trace(*args, **kwargs)
         except Exception:
             try:
-                return poutine.trace(LatentPolicy(enumerate=False)(self.model)).get_trace(
+                return poutine.trace(LatentPolicy(enumerate=False, check_data=False)(self.model)).get_trace(
                     *args, **kwargs)
             except (ValueError, RuntimeError) as err:
                 add_shape_hint(err)
@@ -306,8 +308,8 @@ class ModelTracer:
 
     # -- tracing ---------------------------------------------------------------------
     def enumerated_model(self, subsample: Optional[Dict[str, torch.Tensor]] = None,
-                         values: Optional[Dict[str, torch.Tensor]] = None) -> Callable:
-        self._policy = LatentPolicy(enumerate=True, values=values)
+                         values: Optional[Dict[str, torch.Tensor]] = None, check_data: bool = True) -> Callable:
+        self._policy = LatentPolicy(enumerate=True, values=values, check_data=check_data)
         model = self._policy(self.model)
         if values:
             model = SubstituteParams(values)(model)
@@ -330,7 +332,8 @@ class ModelTracer:
         again = not validate and self._validated.matches(args, kwargs)
         with _distribution_validation(not again):
             try:
-                trace = poutine.trace(self.enumerated_model(subsample, values)).get_trace(*args, **kwargs)
+                trace = poutine.trace(self.enumerated_model(subsample, values, check_data=not again)).get_trace(
+                    *args, **kwargs)
                 # vectorized Markov chains, by name: the E-step contracts them along time
                 trace.markov_chains = dict(self._policy.chains)
                 if self.shared_scale is not None:

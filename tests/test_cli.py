@@ -520,7 +520,7 @@ def test_predict_scores_and_labels_new_data_with_a_parameter_file(capsys, tmp_pa
     ref.startprob_, ref.transmat_ = np.asarray(res["startprob"]), np.asarray(res["transmat"])
     ref.means_, ref.covars_ = np.asarray(res["means"]), np.diagonal(np.asarray(res["covars"]), axis1=1, axis2=2)
     Xs = np.loadtxt(series, delimiter=",", skiprows=1).reshape(-1, 1)
-    assert f"log-likelihood {ref.score(Xs, [40, 60]):.6f}" in out
+    assert f"log-likelihood: {ref.score(Xs, [40, 60]):.6f}" in out
     code, out, err = run_cli(capsys, "predict", tmp_path / "nothing.json", series)
     assert code == 1 and "no such file" in err
 

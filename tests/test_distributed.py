@@ -45,5 +45,5 @@ def test_two_ranks_fit_as_one_process_on_all_the_data(two_ranks, case):
 
 def test_a_failed_rank_stops_every_rank(tmp_path):
     errors = [r["error"] for r in _run(tmp_path, "failure")]
-    assert errors[1] is not None and "ValueError" in errors[1] and "support" in errors[1]
-    assert errors[0] is not None and "failed on rank 1 of 2" in errors[0] and "support" in errors[0]
+    assert errors[1] is not None and "ValueError" in errors[1] and "observes NaN values" in errors[1]
+    assert errors[0] is not None and "failed on rank 1 of 2" in errors[0] and "observes NaN values" in errors[0]

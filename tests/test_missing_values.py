@@ -162,7 +162,8 @@ def test_gaussian_mixture_missing_values_score_predict_and_chunks():
     """Scores and posteriors of incomplete rows are the observed marginals'; a fit in chunks of
     rows gives the fit of all rows at once; NaN without the option is refused by name."""
     X = _data(n=60, seed=5)
-    gm = GaussianMixture(2, covariance_type="full", missing="marginalize", random_state=1).fit(X)
+    with pytest.warns(UserWarning, match=r"4 row\(s\) of X have no observed value"):
+        gm = GaussianMixture(2, covariance_type="full", missing="marginalize", random_state=1).fit(X)
     per = [np.log(gm.weights_[k]) + np.array([
         multivariate_normal(gm.means_[k][~np.isnan(x)], gm.covariances_[k][np.ix_(~np.isnan(x), ~np.isnan(x))]).logpdf(
             x[~np.isnan(x)]) if (~np.isnan(x)).any() else 0.0 for x in X]) for k in range(2)]

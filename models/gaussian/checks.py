@@ -85,7 +85,7 @@ def check_X(X, dtype: torch.dtype, device: torch.device, name: str = "X", min_sa
     if not bool(torch.isfinite(t).all()):
         nan = torch.isnan(t)
         if bool(torch.isinf(t).any()):
-            raise ValueError(f"{name} contains infinity")
+            raise ValueError(f"{name} contains infinity ({int(torch.isinf(t).sum())} entries)")
         if not allow_nan:
             raise ValueError(f"{name} contains NaN ({int(nan.sum())} entries in {int(nan.any(1).sum())} rows). To "
                              "integrate missing values out of the fit, use missing='marginalize'")

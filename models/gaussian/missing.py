@@ -81,7 +81,10 @@ def _pattern_block(full: torch.Tensor, seen: torch.Tensor):
     ``Σ_oo ⊕ I_mm`` (``(K, P, D, D)`` and ``(K, P)``)."""
     both = seen.unsqueeze(-1) * seen.unsqueeze(-2)                              # (P, D, D)
     mat = full.unsqueeze(1) * both + torch.diag_embed(1.0 - seen)               # Σ_oo ⊕ I_mm
-    chol = torch.linalg.cholesky(mat)
+    chol, info = torch.linalg.cholesky_ex(mat)
+    if bool((info != 0).any()):
+        raise ValueError("a covariance is not positive definite on the observed coordinates of some rows "
+                         "(collapsed data?); increase reg_covar or use fewer components")
     log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return torch.cholesky_inverse(chol) * both, log_det
 

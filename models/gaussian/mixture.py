@@ -344,8 +344,8 @@ class GaussianMixture(Estimator):
         dtype, device = self._target()
         Xt = check_X(X, dtype, device, n_features=self.means_.shape[1], allow_nan=True)
         if bool(torch.isnan(Xt).any()):
-            raise ValueError("bootstrap simulates complete data sets; for a fit with missing values use "
-                             "pyroem.bootstrap on gmm_model with EM(missing='marginalize') options")
+            raise ValueError("bootstrap takes complete data: it simulates complete data sets, whose refits would "
+                             "understate the uncertainty of a fit with missing values")
         rows = Xt.shape[0]
         seed = int(check_random_state(random_state).randint(2 ** 31 - 1))
         gen = torch.Generator(device=device)
@@ -409,6 +409,12 @@ class GaussianMixture(Estimator):
         prefix = f"GaussianMixture{next(_fit_ids)}."
         features = GaussianFeatures(Xc, self.covariance_type, missing=True)
         incomplete = features.missing is not None
+        if incomplete:
+            empty = int(torch.isnan(Xfit).all(1).sum())
+            if empty:
+                warnings.warn(f"{empty} row(s) of X have no observed value: they carry no information about the "
+                              "fit (each is scored log p = 0 and counts in the mean of score)", UserWarning,
+                              stacklevel=3)
         # rows with missing coordinates start from their column means (0 once centred); EM then
         # integrates the missing coordinates out
         Xstart = torch.nan_to_num(Xc) if incomplete else Xc
