@@ -546,6 +546,7 @@ def test_columns_leave_a_text_column_unread(capsys, tmp_path):
     assert code == 1 and "'virginica' is not a number" in err and "--columns picks the ones to read" in err
 
 
+@pytest.mark.filterwarnings("ignore:.*have no observed value:UserWarning")
 def test_missing_fields_are_integrated_out_when_asked(capsys, tmp_path):
     """``--missing`` reads empty fields and NA as missing values: the fit, the parameter file and
     ``predict --missing`` agree with ``GaussianMixture(missing="marginalize")`` on the same array;
