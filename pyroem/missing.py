@@ -97,6 +97,9 @@ class MissingMultivariateNormal(TorchDistribution):
 def _per_row(t: torch.Tensor, ndim: int, r: int, rows_shape: torch.Size, event_dims: int) -> torch.Tensor:
     """``t`` (batch dims + ``event_dims``) with its last ``r`` batch dims flattened into one row dim:
     of size 1 where ``t`` does not vary along them, else one entry per row."""
+    for dim in range(t.dim() - event_dims):  # a parameter expanded along rows (stride 0) stays one row
+        if t.stride(dim) == 0 and t.shape[dim] > 1:
+            t = t.narrow(dim, 0, 1)
     batch = t.shape[:t.dim() - event_dims]
     event = t.shape[t.dim() - event_dims:]
     batch = torch.Size((1,) * (ndim - len(batch))) + batch

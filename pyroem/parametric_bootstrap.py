@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -17,21 +18,28 @@ from .model_trace import ModelTracer
 
 @dataclass
 class Bootstrap:
-    """``estimates[name]``: the params refitted to each simulated data set, stacked ``(n, ...)``."""
+    """``estimates[name]``: the params refitted to each simulated data set, stacked ``(n, ...)``
+    (tensors, or NumPy arrays from the bundled estimators; the summaries come in the same kind)."""
 
-    estimates: Dict[str, torch.Tensor]
+    estimates: Dict[str, Any]
     log_likelihoods: List[float]
 
-    def standard_errors(self) -> Dict[str, torch.Tensor]:
+    def standard_errors(self) -> Dict[str, Any]:
         """The standard deviation of each param over the refits."""
-        return {n: v.double().std(0) for n, v in self.estimates.items()}
+        return {n: _like(v, torch.as_tensor(v).double().std(0)) for n, v in self.estimates.items()}
 
     def conf_int(self, alpha: float = 0.05) -> Dict[str, tuple]:
         """Percentile intervals of level ``1 − alpha``."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
         q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)
-        return {n: tuple(torch.quantile(v.double(), q, dim=0)) for n, v in self.estimates.items()}
+        return {n: tuple(_like(v, b) for b in torch.quantile(torch.as_tensor(v).double(), q, dim=0))
+                for n, v in self.estimates.items()}
+
+
+def _like(given: Any, out: torch.Tensor) -> Any:
+    """``out`` as a NumPy array where the estimates are NumPy arrays."""
+    return out.cpu().numpy() if isinstance(given, np.ndarray) else out
 
 
 def bootstrap(model: Callable, *args: Any, n: int = 200, max_iter: int = 1000, tol: float = 1e-8,

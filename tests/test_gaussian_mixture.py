@@ -579,10 +579,10 @@ def test_bootstrap_refits_all_replicates_at_once_and_gives_textbook_standard_err
     se = boot.standard_errors()
     for k in range(2):
         textbook = np.sqrt(np.diag(gm.covariances_[k]) / (len(X) * gm.weights_[k]))
-        np.testing.assert_allclose(se["means"][k].numpy(), textbook, rtol=0.15)
-    np.testing.assert_allclose(se["weights"].numpy(), np.sqrt(gm.weights_ * (1 - gm.weights_) / len(X)), rtol=0.15)
+        np.testing.assert_allclose(se["means"][k], textbook, rtol=0.15)
+    np.testing.assert_allclose(se["weights"], np.sqrt(gm.weights_ * (1 - gm.weights_) / len(X)), rtol=0.15)
     low, high = boot.conf_int(0.05)["means"]
-    assert bool(((low.numpy() < gm.means_) & (gm.means_ < high.numpy())).all())
+    assert isinstance(low, np.ndarray) and ((low < gm.means_) & (gm.means_ < high)).all()
     with pytest.raises(ValueError, match="n must be an int >= 2"):
         gm.bootstrap(X, n=1)
     with pytest.raises(NotFittedError):

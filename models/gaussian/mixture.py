@@ -335,7 +335,7 @@ class GaussianMixture(Estimator):
         """The parametric bootstrap of the fit: ``n`` data sets of ``len(X)`` rows simulated from the
         fitted mixture, refitted all at once by :meth:`fit_batch` from the fitted parameters (which
         keeps the components in their order); returns a ``pyroem.Bootstrap`` whose ``estimates``
-        hold ``weights``, ``means`` and ``covariances`` stacked ``(n, ...)``, with
+        hold ``weights``, ``means`` and ``covariances`` stacked ``(n, ...)`` as NumPy arrays, with
         ``standard_errors()`` and percentile ``conf_int(alpha)``. ``random_state`` seeds the
         simulation (and the refits' own draws)."""
         self._check_fitted()
@@ -368,8 +368,7 @@ class GaussianMixture(Estimator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits = refit.fit_batch(means[z] + dev)
-        estimates = {name: torch.as_tensor(np.stack([getattr(f, name + "_") for f in fits]))
-                     for name in ("weights", "means", "covariances")}
+        estimates = {name: np.stack([getattr(f, name + "_") for f in fits]) for name in ("weights", "means", "covariances")}
         return pyroem.Bootstrap(estimates, [float(f.lower_bound_) * rows for f in fits])
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
