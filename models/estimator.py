@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -49,6 +51,16 @@ class Estimator:
                                          and type(value) is type(default))):
                 parts.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` of ``warnings.warn`` that names the user's line: the first frame, from the
+    function that calls this one outward, outside the bundled models' files."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class PeerStopping:

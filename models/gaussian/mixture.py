@@ -25,7 +25,7 @@ import pyroem
 from pyroem.distributed import DataParallel
 from pyroem.threads import threads_for
 
-from ..estimator import Estimator, PeerStopping, best_start
+from ..estimator import Estimator, PeerStopping, best_start, caller_stacklevel
 from ..exceptions import ConvergenceWarning, NotFittedError
 from ..kmeans import NumpyDraws, initial_resp
 from .batch import fit_batch
@@ -413,7 +413,7 @@ class GaussianMixture(Estimator):
             if empty:
                 warnings.warn(f"{empty} row(s) of X have no observed value: they carry no information about the "
                               "fit (each is scored log p = 0 and counts in the mean of score)", UserWarning,
-                              stacklevel=3)
+                              stacklevel=caller_stacklevel())
         # rows with missing coordinates start from their column means (0 once centred); EM then
         # integrates the missing coordinates out
         Xstart = torch.nan_to_num(Xc) if incomplete else Xc
@@ -442,7 +442,7 @@ class GaussianMixture(Estimator):
             if not self.converged_ and self.max_iter > 0:
                 warnings.warn("Best performing initialization did not converge. Try different init "
                               "parameters, or increase max_iter, tol, or check for degenerate data.",
-                              ConvergenceWarning, stacklevel=2)
+                              ConvergenceWarning, stacklevel=caller_stacklevel())
             write_params(prefix, best, self.covariance_type)
             final, parts = None, []
             for cargs in chunks:
