@@ -80,7 +80,8 @@ class EM:
         one piece as ``updates``.
     :param missing: ``"marginalize"``: NaN entries of observed sites are integrated out of the
         likelihood (``pyroem.marginalize_missing``): exactly for scalar sites, events of
-        independent elements and multivariate normals; None (the default): NaN data are an error.
+        independent elements, multivariate normals and Student t; None (the default): NaN data
+        are an error.
     :param fixed: names of params and MAP sites kept at their current values by every M-step
         (closed-form values returned for them are ignored); they count out of ``aic``/``bic``.
     """

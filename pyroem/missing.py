@@ -7,8 +7,9 @@ site of the model that holds NaN entries scores only its observed entries,
 - scalar sites (no event dims): the NaN elements are masked;
 - events of independent elements (``dist.Normal(...).to_event(1)`` and the like): the NaN elements
   of each event are masked;
-- ``MultivariateNormal``: each event is scored by the marginal normal of its observed
-  coordinates, ``log N(y_o | μ_o, Σ_oo)``;
+- ``MultivariateNormal``, ``LowRankMultivariateNormal``, ``MultivariateStudentT``: each event
+  is scored by the marginal of its observed coordinates, ``log N(y_o | μ_o, Σ_oo)`` (a Student t
+  with the same degrees of freedom);
 - a distribution with a method ``marginalize_missing(value, missing) -> (fn, value)`` (the protocol
   for a user's own distribution): what that method returns.
 
@@ -21,30 +22,32 @@ import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
-from pyro.distributions import Independent, MaskedDistribution, TorchDistribution, constraints
+from pyro.distributions import Independent, MaskedDistribution, MultivariateStudentT, TorchDistribution, constraints
 from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.distributions.util import broadcast_shape
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["MarginalizeMissing", "MissingMultivariateNormal", "marginalize_missing"]
+__all__ = ["MarginalizeMissing", "ObservedMarginal", "marginalize_missing"]
 
 
-class MissingMultivariateNormal(TorchDistribution):
-    """A multivariate normal scoring only the observed coordinates of each value:
-    ``log N(y_o | μ_o, Σ_oo)``, the coordinates flagged in ``missing`` (shaped like the values)
-    integrated out. Rows are grouped by which coordinates they miss: one small normal per group."""
+class ObservedMarginal(TorchDistribution):
+    """An elliptical distribution (``MultivariateNormal``, ``LowRankMultivariateNormal``,
+    ``MultivariateStudentT``) scoring only the observed coordinates of each value, by its marginal
+    on them: ``log N(y_o | μ_o, Σ_oo)`` (a Student t keeps its degrees of freedom), the coordinates
+    flagged in ``missing`` (shaped like the values) integrated out. Rows are grouped by which
+    coordinates they miss: one small distribution per group."""
 
     arg_constraints = {}
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, base: torch.distributions.MultivariateNormal, missing: torch.Tensor, validate_args=None) -> None:
+    def __init__(self, base, missing: torch.Tensor, validate_args=None) -> None:
         self.base_dist = base
         self.missing = missing
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
-    def expand(self, batch_shape, _instance=None) -> "MissingMultivariateNormal":
-        return MissingMultivariateNormal(self.base_dist.expand(batch_shape), self.missing)
+    def expand(self, batch_shape, _instance=None) -> "ObservedMarginal":
+        return ObservedMarginal(self.base_dist.expand(batch_shape), self.missing)
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         return self.base_dist.sample(sample_shape)
@@ -52,6 +55,11 @@ class MissingMultivariateNormal(TorchDistribution):
     @property
     def mean(self) -> torch.Tensor:
         return self.base_dist.mean
+
+    def _marginal(self, df: Optional[torch.Tensor], loc: torch.Tensor, scale_tril: torch.Tensor):
+        if df is None:
+            return torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+        return MultivariateStudentT(df, loc, scale_tril, validate_args=False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         base = self.base_dist
@@ -65,8 +73,14 @@ class MissingMultivariateNormal(TorchDistribution):
             n *= s
         x = value.expand(rows_shape + (d,)).reshape(n, d)
         gone = self.missing.expand(rows_shape + (d,)).reshape(n, d)
+        factor = getattr(base, "_unbroadcasted_scale_tril", None)
+        if factor is None:  # a low-rank normal: the factor of its full covariance
+            factor = torch.linalg.cholesky(base.covariance_matrix)
         loc = _per_row(base.loc, len(batch), r, rows_shape, 1)
-        scale_tril = _per_row(base._unbroadcasted_scale_tril, len(batch), r, rows_shape, 2)
+        scale_tril = _per_row(factor, len(batch), r, rows_shape, 2)
+        df = None
+        if isinstance(base, MultivariateStudentT):
+            df = _per_row(base.df.expand(base.batch_shape), len(batch), r, rows_shape, 0)
         cov = scale_tril @ scale_tril.transpose(-1, -2)
         patterns, which = torch.unique(gone, dim=0, return_inverse=True)
         parts, order = [], []
@@ -74,7 +88,7 @@ class MissingMultivariateNormal(TorchDistribution):
             idx = torch.nonzero(which == p).squeeze(1)
             seen = torch.nonzero(~pattern).squeeze(1)
             order.append(idx)
-            if seen.numel() == 0:  # nothing observed: the whole normal integrates to one
+            if seen.numel() == 0:  # nothing observed: the whole density integrates to one
                 parts.append(x.new_zeros(lead + (idx.numel(),)))
                 continue
             mu = _rows(loc, idx, 1)[..., seen]
@@ -83,10 +97,10 @@ class MissingMultivariateNormal(TorchDistribution):
             else:
                 tril, info = torch.linalg.cholesky_ex(_rows(cov, idx, 2)[..., seen, :][..., :, seen])
                 if bool((info != 0).any()):
-                    raise ValueError("a MultivariateNormal's covariance is not positive definite on the observed "
-                                     "coordinates of some rows")
-            part = torch.distributions.MultivariateNormal(mu, scale_tril=tril, validate_args=False).log_prob(x[idx][:, seen])
-            parts.append(part.expand(lead + (idx.numel(),)))
+                    raise ValueError(f"a {type(base).__name__}'s covariance is not positive definite on the "
+                                     "observed coordinates of some rows")
+            marginal = self._marginal(None if df is None else _rows(df, idx, 0), mu, tril)
+            parts.append(marginal.log_prob(x[idx][:, seen]).expand(lead + (idx.numel(),)))
         out = torch.cat(parts, -1)
         perm = torch.cat(order)
         inverse = torch.empty_like(perm)
@@ -145,8 +159,9 @@ def observed_part(fn, value: torch.Tensor, missing: torch.Tensor,
     if isinstance(fn, MaskedDistribution):
         inner, filled, mask = observed_part(fn.base_dist, value, missing, name)
         return inner.mask(fn._mask), filled, mask
-    if isinstance(fn, torch.distributions.MultivariateNormal):
-        return MissingMultivariateNormal(fn, missing), filled, None
+    if isinstance(fn, (torch.distributions.MultivariateNormal, torch.distributions.LowRankMultivariateNormal,
+                       MultivariateStudentT)):
+        return ObservedMarginal(fn, missing), filled, None
     if isinstance(fn, torch.distributions.Independent):
         base, dims = fn, 0
         while isinstance(base, torch.distributions.Independent):
@@ -196,7 +211,7 @@ class MarginalizeMissing(Messenger):
 
 def marginalize_missing(fn: Optional[Callable] = None):
     """``marginalize_missing(model)``: the model with the NaN entries of its observed sites
-    integrated out of the likelihood (exact for scalar sites, events of independent elements and
-    multivariate normals); also usable as a context manager, as Pyro's handlers are."""
+    integrated out of the likelihood (exact for scalar sites, events of independent elements,
+    multivariate normals and Student t); also usable as a context manager, as Pyro's handlers are."""
     messenger = MarginalizeMissing()
     return messenger(fn) if fn is not None else messenger

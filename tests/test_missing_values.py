@@ -414,3 +414,41 @@ def test_sample_weight_with_missing_values_counts_rows_as_copies():
     np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
     np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-10)
     np.testing.assert_allclose(a.weights_, b.weights_, rtol=1e-10)
+
+
+def test_engine_marginalizes_missing_coordinates_of_student_t_and_low_rank_normals():
+    """``MultivariateStudentT`` and ``LowRankMultivariateNormal`` events with NaN entries are
+    scored by their marginals on the observed coordinates, as scipy's ``multivariate_t`` and
+    ``multivariate_normal`` compute them row by row (the t keeps its degrees of freedom)."""
+    from scipy.stats import multivariate_t
+
+    X = _data(n=30, seed=12)
+    cov = START_COV
+    tril = np.linalg.cholesky(cov)
+    w = np.array([0.45, 0.55])
+
+    def student(X):
+        with pyro.plate("rows", X.shape[0]):
+            z = pyro.sample("z", dist.Categorical(torch.tensor(w, dtype=X.dtype)))
+            pyro.sample("x", dist.MultivariateStudentT(torch.tensor([4.0, 7.0], dtype=X.dtype)[z],
+                                                       torch.tensor(START_MU, dtype=X.dtype)[z],
+                                                       torch.tensor(tril, dtype=X.dtype)[z]), obs=X)
+
+    factor = np.array([[[0.5], [0.3], [-0.2]], [[0.1], [0.6], [0.4]]])
+    diag = np.array([[0.8, 0.5, 0.9], [0.6, 0.7, 0.5]])
+
+    def low_rank(X):
+        with pyro.plate("rows", X.shape[0]):
+            z = pyro.sample("z", dist.Categorical(torch.tensor(w, dtype=X.dtype)))
+            pyro.sample("x", dist.LowRankMultivariateNormal(torch.tensor(START_MU, dtype=X.dtype)[z],
+                                                            torch.tensor(factor, dtype=X.dtype)[z],
+                                                            torch.tensor(diag, dtype=X.dtype)[z]), obs=X)
+
+    seen = ~np.isnan(X)
+    t_ref = sum(logsumexp([np.log(w[k]) + multivariate_t(START_MU[k][o], cov[k][np.ix_(o, o)], df=[4.0, 7.0][k]).logpdf(x[o])
+                           for k in range(2)]) for x, o in zip(X, seen) if o.any())
+    low_cov = factor @ factor.transpose(0, 2, 1) + np.stack([np.diag(d) for d in diag])
+    n_ref = _observed_loglik(X, w, START_MU, low_cov)
+    for model, ref in ((student, t_ref), (low_rank, n_ref)):
+        got = pyroem.log_likelihood(pyroem.marginalize_missing(model), torch.as_tensor(X))
+        assert float(got.detach()) == pytest.approx(ref, rel=1e-12)
