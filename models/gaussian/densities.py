@@ -286,6 +286,16 @@ def gaussian_statistics(resp_t: torch.Tensor, features: GaussianFeatures,
     return stats
 
 
+def scatter_about(scatter: torch.Tensor, sums: torch.Tensor, total: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``Σ r (x − c − δ)(x − c − δ)ᵀ`` from the scatter ``Σ r (x − c)(x − c)ᵀ``, ``sums`` ``Σ r (x − c)``
+    and ``total`` ``Σ r``: ``scatter − s δᵀ − δ sᵀ + (Σ r) δ δᵀ``; for a scatter of the coordinates
+    alone (its diagonal, shaped like ``delta``), ``scatter − 2 δ s + (Σ r) δ²``."""
+    if scatter.dim() == delta.dim():
+        return scatter - 2 * delta * sums + total.unsqueeze(-1) * delta.square()
+    cross = sums.unsqueeze(-1) * delta.unsqueeze(-2)
+    return scatter - cross - cross.transpose(-1, -2) + total[..., None, None] * (delta.unsqueeze(-1) * delta.unsqueeze(-2))
+
+
 def parameters_from_statistics(stats: GMMStatistics, reg_covar: float, covariance_type: str
                                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's weighted MLE from :class:`GMMStatistics`: ``(n_k, means, covariances)``.
@@ -304,14 +314,9 @@ def parameters_from_statistics(stats: GMMStatistics, reg_covar: float, covarianc
         scatter = m.new_zeros(m.shape[:-1] + (d, d))
         scatter[..., i, j] = m[..., :q]
         scatter[..., j, i] = m[..., :q]
-        cross = sums.unsqueeze(-1) * means.unsqueeze(-2)
-        centred = (scatter - cross - cross.transpose(-1, -2)
-                   + rsum[..., None, None] * (means.unsqueeze(-1) * means.unsqueeze(-2)))
+        centred = scatter_about(scatter, sums, rsum, means)
         if stats.ref_scatter is not None:  # the same expansion about c, with δ = μ - c small
-            delta = means - stats.centres
-            cross = stats.ref_sums.unsqueeze(-1) * delta.unsqueeze(-2)
-            near = (stats.ref_scatter - cross - cross.transpose(-1, -2)
-                    + rsum[..., None, None] * (delta.unsqueeze(-1) * delta.unsqueeze(-2)))
+            near = scatter_about(stats.ref_scatter, stats.ref_sums, rsum, means - stats.centres)
             centred = torch.where(stats.refined[..., None, None], near, centred)
         if covariance_type == "full":
             cov = centred / nk[..., None, None]

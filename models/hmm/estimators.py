@@ -19,6 +19,7 @@ from pyro.distributions import constraints
 import pyroem
 
 from ..exceptions import NotFittedError
+from ..gaussian.densities import scatter_about
 from ..gaussian.missing import MissingPatterns, expected_moments
 from ..kmeans import NumpyDraws, kmeans
 from .base import BaseHMM, ConvergenceMonitor, bind_model
@@ -437,13 +438,7 @@ class GaussianHMM(BaseHMM):
         diff = Xpad.unsqueeze(-2) - means                           # (N, T, K, D)
         scatter = 0.0
         if incomplete is not None:  # Σγ E[(x - μ)(x - μ)ᵀ] over the incomplete steps, moved from μₙ to μ
-            delta = means - p["means"]
-            if ct in ("spherical", "diag"):
-                scatter = s2 - 2 * delta * s1 + s0.unsqueeze(-1) * delta.square()
-            else:
-                cross = s1.unsqueeze(-1) * delta.unsqueeze(-2)
-                scatter = (s2 - cross - cross.transpose(-1, -2)
-                           + s0[:, None, None] * delta.unsqueeze(-1) * delta.unsqueeze(-2))
+            scatter = scatter_about(s2, s1, s0, means - p["means"])
         if ct in ("spherical", "diag"):
             c_n = means_weight * meandiff ** 2 + torch.einsum("ntk,ntkd->kd", gamma, diff * diff) + scatter
             c_d = torch.clamp(covars_weight - 1, min=0) + denom
