@@ -108,16 +108,24 @@ class GaussianFeatures:
         self.kind = feature_kind(covariance_type)
         d = X.shape[-1]
         self.width = quadratic_width(d, self.kind) + d + 1
-        self.has_nan = bool(torch.isnan(X).any())
         self.missing: Optional[MissingPatterns] = None
         self.filled, self._incomplete = X, None
-        if missing and self.has_nan:
-            self.missing = MissingPatterns(X, grouped=covariance_type in ("full", "tied"))
-            self.filled = torch.nan_to_num(X, nan=0.0)
-            self._incomplete = torch.isnan(X).any(-1)
+        if missing:
+            incomplete = torch.isnan(X).any(-1)
+            self.has_nan = bool(incomplete.any())
+            if self.has_nan:
+                self.missing = MissingPatterns(X, grouped=covariance_type in ("full", "tied"))
+                self.filled = torch.nan_to_num(X, nan=0.0)
+                self._incomplete = incomplete
         if cache is None:
             cache = X.numel() // max(d, 1) * self.width <= _CACHE_ELEMENTS
         self.matrix = self._features(slice(None)) if cache else None
+
+    @functools.cached_property
+    def has_nan(self) -> bool:
+        """Whether ``X`` holds NaN (known from the start with ``missing=True``; else looked up once,
+        when first asked)."""
+        return bool(torch.isnan(self.X).any())
 
     def _features(self, rows: slice) -> torch.Tensor:
         f = gaussian_features(self.filled[..., rows, :], self.kind)
@@ -128,7 +136,7 @@ class GaussianFeatures:
     def __getitem__(self, rows: slice) -> "GaussianFeatures":
         sub = GaussianFeatures.__new__(GaussianFeatures)
         sub.X, sub.kind, sub.width = self.X[..., rows, :], self.kind, self.width
-        sub.covariance_type, sub.has_nan = self.covariance_type, self.has_nan
+        sub.covariance_type = self.covariance_type
         sub.version = sub.X._version
         sub.filled = self.filled[..., rows, :]
         sub._incomplete = None if self._incomplete is None else self._incomplete[rows]
@@ -471,7 +479,7 @@ class GaussianComponents(TorchDistribution):
         features = self.features
         if features is None or not features.matches(value):
             features = GaussianFeatures(value, self.covariance_type, cache=False)
-        if features.has_nan and features.missing is None:
+        if features.missing is None and features.has_nan:
             raise ValueError("the data hold NaN entries: to integrate the missing coordinates out, fit "
                              "with GaussianMixture(missing='marginalize') or pyroem.EM(model, missing='marginalize')")
         table = log_gaussian_table(value, self.means, self.inv_scale, self.covariance_type, features)
