@@ -497,16 +497,18 @@ class GaussianComponents(TorchDistribution):
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.batch_shape
             z = self.component.long().expand(self.batch_shape).expand(shape)
-            d = self.means.shape[-1]
-            eps = torch.randn(shape + (d,), dtype=self.means.dtype, device=self.means.device)
-            mu = self.means[z]
-            if self.covariance_type == "full":
-                dev = torch.linalg.solve_triangular(self.inv_scale[z], eps.unsqueeze(-1), upper=False).squeeze(-1)
-            elif self.covariance_type == "tied":
-                lt = self.inv_scale.expand(shape + (d, d))
-                dev = torch.linalg.solve_triangular(lt, eps.unsqueeze(-1), upper=False).squeeze(-1)
-            elif self.covariance_type == "diag":
-                dev = eps / self.inv_scale[z]
-            else:
-                dev = eps / self.inv_scale[z].unsqueeze(-1)
-            return mu + dev
+            return draw_components(self.means, self.inv_scale, self.covariance_type, z)
+
+
+def draw_components(means: torch.Tensor, inv_scale: torch.Tensor, covariance_type: str, z: torch.Tensor,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One draw ``x ~ N(μ_z, Σ_z)`` for every component index in ``z``, shaped ``z.shape + (D,)``:
+    ``μ_z + L_z⁻¹ ε`` with standard normal ``ε`` (from ``generator`` when given)."""
+    d = means.shape[-1]
+    eps = torch.randn(z.shape + (d,), dtype=means.dtype, device=means.device, generator=generator)
+    if covariance_type in ("full", "tied"):
+        factor = inv_scale[z] if covariance_type == "full" else inv_scale.expand(z.shape + (d, d))
+        dev = torch.linalg.solve_triangular(factor, eps.unsqueeze(-1), upper=False).squeeze(-1)
+    else:
+        dev = eps / (inv_scale[z] if covariance_type == "diag" else inv_scale[z].unsqueeze(-1))
+    return means[z] + dev

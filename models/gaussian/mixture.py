@@ -48,6 +48,7 @@ from .densities import (
     components_to_refine,
     covariances_from_inv_scale,
     default_inv_scale,
+    draw_components,
     estimate_gaussian_parameters,
     feature_kind,
     gaussian_statistics,
@@ -354,20 +355,14 @@ class GaussianMixture(Estimator):
         means = torch.as_tensor(np.asarray(self.means_), dtype=dtype, device=device)
         inv = self._inv_scale(dtype, device)
         z = torch.multinomial(weights / weights.sum(), n * rows, replacement=True, generator=gen).reshape(n, rows)
-        eps = torch.randn((n, rows, means.shape[1]), dtype=dtype, device=device, generator=gen)
-        ct = self.covariance_type
-        if ct in ("full", "tied"):
-            factor = inv[z] if ct == "full" else inv.expand(n, rows, *inv.shape)
-            dev = torch.linalg.solve_triangular(factor, eps.unsqueeze(-1), upper=False).squeeze(-1)
-        else:
-            dev = eps / (inv[z] if ct == "diag" else inv[z].unsqueeze(-1))
+        simulated = draw_components(means, inv, self.covariance_type, z, gen)
         refit = GaussianMixture(**{**self.get_params(), "weights_init": self.weights_, "means_init": self.means_,
                                    "precisions_init": self.precisions_, "n_init": 1, "warm_start": False,
                                    "callback": None, "verbose": 0, "missing": None, "random_state": seed,
                                    "dtype": dtype, "device": device})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            fits = refit.fit_batch(means[z] + dev)
+            fits = refit.fit_batch(simulated)
         estimates = {name: np.stack([getattr(f, name + "_") for f in fits]) for name in ("weights", "means", "covariances")}
         return pyroem.Bootstrap(estimates, [float(f.lower_bound_) * rows for f in fits])
 
