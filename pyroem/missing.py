@@ -27,6 +27,8 @@ from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.distributions.util import broadcast_shape
 from pyro.poutine.messenger import Messenger
 
+from .packing import narrow_broadcast
+
 __all__ = ["MarginalizeMissing", "ObservedMarginal", "marginalize_missing"]
 
 
@@ -111,9 +113,7 @@ class ObservedMarginal(TorchDistribution):
 def _per_row(t: torch.Tensor, ndim: int, r: int, rows_shape: torch.Size, event_dims: int) -> torch.Tensor:
     """``t`` (batch dims + ``event_dims``) with its last ``r`` batch dims flattened into one row dim:
     of size 1 where ``t`` does not vary along them, else one entry per row."""
-    for dim in range(t.dim() - event_dims):  # a parameter expanded along rows (stride 0) stays one row
-        if t.stride(dim) == 0 and t.shape[dim] > 1:
-            t = t.narrow(dim, 0, 1)
+    t = narrow_broadcast(t, event_dims)  # a parameter expanded along rows (stride 0) stays one row
     batch = t.shape[:t.dim() - event_dims]
     event = t.shape[t.dim() - event_dims:]
     batch = torch.Size((1,) * (ndim - len(batch))) + batch
@@ -150,25 +150,28 @@ def observed_part(fn, value: torch.Tensor, missing: torch.Tensor,
         new_fn, new_value = fn.marginalize_missing(value, missing)
         return new_fn, new_value, None
     event_dim = len(fn.event_shape)
-    filled = torch.where(missing, _fill(fn, value), value)
+
+    def filled() -> torch.Tensor:  # built only where it is returned
+        return torch.where(missing, _fill(fn, value), value)
+
     if event_dim == 0:
-        return fn, filled, ~missing
+        return fn, filled(), ~missing
     if isinstance(fn, ExpandedDistribution):
-        inner, filled, mask = observed_part(fn.base_dist, value, missing, name)
-        return inner.expand(fn.batch_shape), filled, mask
+        inner, new_value, mask = observed_part(fn.base_dist, value, missing, name)
+        return inner.expand(fn.batch_shape), new_value, mask
     if isinstance(fn, MaskedDistribution):
-        inner, filled, mask = observed_part(fn.base_dist, value, missing, name)
-        return inner.mask(fn._mask), filled, mask
+        inner, new_value, mask = observed_part(fn.base_dist, value, missing, name)
+        return inner.mask(fn._mask), new_value, mask
     if isinstance(fn, (torch.distributions.MultivariateNormal, torch.distributions.LowRankMultivariateNormal,
                        MultivariateStudentT)):
-        return ObservedMarginal(fn, missing), filled, None
+        return ObservedMarginal(fn, missing), filled(), None
     if isinstance(fn, torch.distributions.Independent):
         base, dims = fn, 0
         while isinstance(base, torch.distributions.Independent):
             dims += base.reinterpreted_batch_ndims
             base = base.base_dist
         if not base.event_shape:  # independent elements: mask the missing ones
-            return Independent(MaskedDistribution(base, ~missing), dims), filled, None
+            return Independent(MaskedDistribution(base, ~missing), dims), filled(), None
     flat = missing.reshape(missing.shape[:missing.dim() - event_dim] + (-1,))
     seen = ~flat.any(-1)
     partial = flat.any(-1) & ~flat.all(-1)

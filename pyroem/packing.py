@@ -51,11 +51,12 @@ def broadcast_shape(*shapes) -> torch.Size:
     return torch.Size(out)
 
 
-def narrow_broadcast(t: torch.Tensor) -> torch.Tensor:
+def narrow_broadcast(t: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
     """``t`` without its broadcast (stride-0) extent: such dims narrowed to size 1, a view.
     A prior ``log p(z)`` is often a ``(K, N)`` view of ``K`` numbers, a location ``locs[x]``
-    expanded over sequences and steps ``K`` numbers whatever its shape."""
-    for d, (n, st) in enumerate(zip(t.shape, t.stride())):
+    expanded over sequences and steps ``K`` numbers whatever its shape. The last ``event_dims``
+    dims keep their size."""
+    for d, (n, st) in enumerate(zip(t.shape[:t.dim() - event_dims], t.stride())):
         if st == 0 and n > 1:
             t = t.narrow(d, 0, 1)
     return t
