@@ -406,15 +406,13 @@ class GaussianHMM(BaseHMM):
             return torch.as_tensor(np.asarray(v, dtype=np.float64), dtype=Xpad.dtype, device=Xpad.device)
         ct = self.covariance_type
         incomplete = None
-        if self.missing == "marginalize" and bool(torch.isnan(Xpad).any()):
+        steps = self._incomplete_steps(Xpad) if self.missing == "marginalize" else None
+        if steps is not None:
             # steps with missing coordinates enter by their conditional moments at the current
             # params (models.gaussian.missing); the direct sums below cover the complete steps
-            flat = Xpad.reshape(-1, Xpad.shape[-1])
-            incomplete = MissingPatterns(flat, grouped=ct in ("full", "tied"))
+            incomplete, complete, Xpad = steps
             g_inc = gamma.reshape(-1, gamma.shape[-1])[incomplete.rows].T              # (K, n)
-            complete = ~torch.isnan(Xpad).any(-1, keepdim=True)
             gamma = gamma * complete
-            Xpad = torch.nan_to_num(Xpad)
             # about the current means μₙ: Σγ, Σγ E[x - μₙ], Σγ E[(x - μₙ)(x - μₙ)ᵀ]
             s0, s1, s2 = expected_moments(incomplete, g_inc, p["means"], p["covars"], ct, p["means"])
         post = gamma.sum((0, 1))                                    # Σγ (K,)
@@ -457,6 +455,26 @@ class GaussianHMM(BaseHMM):
             cov = 0.5 * (cov + cov.transpose(-1, -2))
         out["covars"] = floor_covars(cov, ct, self.min_covar)
         return out
+
+    def _incomplete_steps(self, Xpad: torch.Tensor):
+        """For padded data with NaN entries: its incomplete steps (``MissingPatterns``), the mask of
+        complete steps ``(N, T, 1)`` and the data with 0 for NaN; None for complete data. Found
+        once per fit (the M-step sees the same ``Xpad`` at every step)."""
+        cached = getattr(self, "_steps_of", None)
+        if cached is None or cached[0] is not Xpad:
+            nan = torch.isnan(Xpad)
+            found = None
+            if bool(nan.any()):
+                found = (MissingPatterns(Xpad.reshape(-1, Xpad.shape[-1]), grouped=self.covariance_type in ("full", "tied")),
+                         ~nan.any(-1, keepdim=True), torch.nan_to_num(Xpad))
+            self._steps_of = cached = (Xpad, found)
+        return cached[1]
+
+    def _fit_em(self, Xpad: torch.Tensor, mask: torch.Tensor) -> None:
+        try:
+            super()._fit_em(Xpad, mask)
+        finally:  # the fit's data are not kept with the fitted estimator
+            self.__dict__.pop("_steps_of", None)
 
     def _sample_emissions(self, states, rs) -> np.ndarray:
         means = self.means_[states]
