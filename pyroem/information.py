@@ -104,9 +104,9 @@ class _TriangularCoordinates:
 def _bijection(kind: constraints.Constraint, name: str):
     """``biject_to(kind)``, or :class:`_TriangularCoordinates` for Cholesky factors and positive
     definite matrices."""
-    if kind is constraints.lower_cholesky or isinstance(kind, type(constraints.lower_cholesky)):
+    if isinstance(kind, type(constraints.lower_cholesky)):
         return _TriangularCoordinates(positive_definite=False)
-    if kind is constraints.positive_definite or isinstance(kind, type(constraints.positive_definite)):
+    if isinstance(kind, type(constraints.positive_definite)):
         return _TriangularCoordinates(positive_definite=True)
     try:
         return biject_to(kind)
@@ -186,8 +186,7 @@ def louis_information(tracer: ModelTracer, names: List[str], args: tuple, kwargs
         return tracer.trace(args, kwargs, values=at.constrained(v))
 
     complete = -torch.autograd.functional.hessian(lambda v: expected_log_joint(traced(v), expect).double(), at.flat)
-    scores = _factor_scores(traced, at.flat)
-    trace = traced(at.flat.detach())
+    trace, scores = _factor_scores(traced, at.flat)
     sites = {name: trace.nodes[name] for name in scores}
     bases = {name: site["unscaled_log_prob"].detach() for name, site in sites.items()}
 
@@ -203,17 +202,17 @@ def louis_information(tracer: ModelTracer, names: List[str], args: tuple, kwargs
     return at.information(complete - carried)
 
 
-def _factor_scores(traced: Callable, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """``∂ log f / ∂u`` of every factor table that depends on the coordinates ``u``, by site:
-    ``(cells, P)``, the unscaled table's cells flattened. One trace; column ``i`` by a
-    forward-mode product ``J e_i`` (the double-backward trick: ``J e = ∂(Jᵀw)/∂w · e``)."""
+def _factor_scores(traced: Callable, flat: torch.Tensor) -> Tuple[object, Dict[str, torch.Tensor]]:
+    """The trace at ``flat`` and ``∂ log f / ∂u`` of every factor table in it that depends on the
+    coordinates ``u``, by site: ``(cells, P)``, the unscaled table's cells flattened. Column ``i``
+    by a forward-mode product ``J e_i`` (the double-backward trick: ``J e = ∂(Jᵀw)/∂w · e``)."""
     u = flat.detach().clone().requires_grad_()
     trace = traced(u)
     tables = {name: site["unscaled_log_prob"] for name, site in trace.nodes.items()
               if site["type"] == "sample" and "unscaled_log_prob" in site
               and isinstance(site["unscaled_log_prob"], torch.Tensor) and site["unscaled_log_prob"].requires_grad}
     if not tables:
-        return {}
+        return trace, {}
     names = list(tables)
     dummies = [torch.zeros_like(tables[n], requires_grad=True) for n in names]
     (pull,) = torch.autograd.grad([tables[n] for n in names], [u], grad_outputs=dummies, create_graph=True)
@@ -228,7 +227,7 @@ def _factor_scores(traced: Callable, flat: torch.Tensor) -> Dict[str, torch.Tens
         jac = torch.stack(col, -1)
         if bool(jac.ne(0).any()):
             out[name] = jac
-    return out
+    return trace, out
 
 
 METHODS = {"hessian": observed_information, "louis": louis_information}

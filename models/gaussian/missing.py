@@ -101,7 +101,6 @@ def marginal_log_table(patterns: MissingPatterns, means: torch.Tensor, cov: torc
         const = -0.5 * (means.square() * prec + LOG_2PI - prec.log())             # (K, D)
         return (quad + seen @ const.T).T
     full = cov if covariance_type == "full" else cov.unsqueeze(0)              # (K | 1, D, D)
-    out = x.new_empty((k, len(patterns)))
     parts = []
     for pats, rows in patterns.blocks(k, d):
         seen_p = patterns.patterns[pats].to(means.dtype)
@@ -111,9 +110,7 @@ def marginal_log_table(patterns: MissingPatterns, means: torch.Tensor, cov: torc
             dev = x[sl].unsqueeze(0) - means.unsqueeze(1)                            # (K, n_p, D)
             maha = ((dev @ weight[:, p]) * dev).sum(-1)
             parts.append(-0.5 * (maha + const[:, p:p + 1]))
-    if parts:
-        out = torch.cat(parts, -1)
-    return out
+    return torch.cat(parts, -1) if parts else x.new_zeros((k, 0))
 
 
 def _pattern_rows(patterns: MissingPatterns, pats: slice, rows: slice) -> Iterator[slice]:
