@@ -20,7 +20,7 @@ from pyro.distributions import TorchDistribution, constraints
 
 import pyroem
 
-from .missing import MissingPatterns, marginal_log_table
+from .missing import MissingPatterns, expected_moments, marginal_log_table
 
 ILL_DEFINED = (
     "Fitting the mixture model failed because some components have ill-defined empirical "
@@ -302,6 +302,21 @@ def scatter_about(scatter: torch.Tensor, sums: torch.Tensor, total: torch.Tensor
         return scatter - 2 * delta * sums + total.unsqueeze(-1) * delta.square()
     cross = sums.unsqueeze(-1) * delta.unsqueeze(-2)
     return scatter - cross - cross.transpose(-1, -2) + total[..., None, None] * (delta.unsqueeze(-1) * delta.unsqueeze(-2))
+
+
+def missing_moments(patterns: MissingPatterns, resp_t: torch.Tensor, means: torch.Tensor, cov: torch.Tensor,
+                    covariance_type: str) -> torch.Tensor:
+    """The incomplete rows' share of the M-step statistics, in the layout of the complete rows'
+    ``R @ f(X)ᵀ`` (quadratic terms, ``Σ r x``, ``Σ r``; ``resp_t`` ``(K, n)``, weights included):
+    ``Σ r E[x xᵀ]``, ``Σ r E[x]``, ``Σ r`` given each row's observed coordinates."""
+    k, d = means.shape
+    s0, s1, s2 = expected_moments(patterns, resp_t, means, cov, covariance_type, means.new_zeros((k, d)))
+    if covariance_type in ("full", "tied"):
+        i, j = _pairs(d, means.device)
+        quad = s2[:, i, j]
+    else:
+        quad = s2
+    return torch.cat([quad, s1, s0.unsqueeze(-1)], -1)
 
 
 def parameters_from_statistics(stats: GMMStatistics, reg_covar: float, covariance_type: str

@@ -165,18 +165,3 @@ def expected_moments(patterns: MissingPatterns, resp_t: torch.Tensor, means: tor
         s1 = s1 + weighted.sum(1)
         s2 = s2 + weighted.transpose(-1, -2) @ centred
     return s0, s1, s2
-
-
-def missing_moments(patterns: MissingPatterns, resp_t: torch.Tensor, means: torch.Tensor, cov: torch.Tensor,
-                    covariance_type: str) -> torch.Tensor:
-    """The incomplete rows' share of the M-step statistics, in the layout of the complete rows'
-    ``R @ f(X)ᵀ`` (quadratic terms, ``Σ r x``, ``Σ r``; ``resp_t`` ``(K, n)``, weights included):
-    ``Σ r E[x xᵀ]``, ``Σ r E[x]``, ``Σ r`` given each row's observed coordinates."""
-    k, d = means.shape
-    s0, s1, s2 = expected_moments(patterns, resp_t, means, cov, covariance_type, means.new_zeros((k, d)))
-    if covariance_type in ("full", "tied"):
-        iu = torch.triu_indices(d, d, device=means.device)
-        quad = s2[:, iu[0], iu[1]]
-    else:
-        quad = s2
-    return torch.cat([quad, s1, s0.unsqueeze(-1)], -1)

@@ -55,12 +55,12 @@ from .densities import (
     inv_scale_from_covariances,
     inv_scale_from_precisions,
     log_gaussian_table,
+    missing_moments,
     n_parameters,
     parameters_from_statistics,
     precisions,
     precisions_cholesky,
 )
-from .missing import missing_moments
 from .store import PARAM_NAMES, drop_params, write_params
 
 __all__ = ["GaussianMixture", "GMMUpdates", "gmm_model", "ConvergenceWarning", "NotFittedError"]
