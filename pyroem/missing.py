@@ -29,7 +29,7 @@ from pyro.poutine.messenger import Messenger
 
 from .packing import narrow_broadcast
 
-__all__ = ["MarginalizeMissing", "ObservedMarginal", "marginalize_missing"]
+__all__ = ["MarginalizeMissing", "ObservedMarginal", "marginalize_missing", "missing_patterns"]
 
 
 class ObservedMarginal(TorchDistribution):
@@ -84,7 +84,7 @@ class ObservedMarginal(TorchDistribution):
         if isinstance(base, MultivariateStudentT):
             df = _per_row(base.df.expand(base.batch_shape), len(batch), r, rows_shape, 0)
         cov = scale_tril @ scale_tril.transpose(-1, -2)
-        patterns, which = torch.unique(gone, dim=0, return_inverse=True)
+        patterns, which = missing_patterns(gone)
         parts, order = [], []
         for p, pattern in enumerate(patterns):
             idx = torch.nonzero(which == p).squeeze(1)
@@ -108,6 +108,18 @@ class ObservedMarginal(TorchDistribution):
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(n, device=perm.device)
         return out[..., inverse].reshape(lead + rows_shape)
+
+
+def missing_patterns(gone: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of the bool matrix ``gone`` ``(n, D)`` (True: missing) and each row's
+    index among them: ``(patterns (P, D), which (n,))``. Up to 62 coordinates a pattern is read
+    as one integer, a 1-D ``unique`` (far faster than one over rows)."""
+    d = gone.shape[-1]
+    if d > 62:
+        return torch.unique(gone, dim=0, return_inverse=True)
+    bits = torch.arange(d, device=gone.device)
+    codes, which = torch.unique((gone.long() << bits).sum(-1), return_inverse=True)
+    return ((codes.unsqueeze(-1) >> bits) & 1).bool(), which
 
 
 def _per_row(t: torch.Tensor, ndim: int, r: int, rows_shape: torch.Size, event_dims: int) -> torch.Tensor:

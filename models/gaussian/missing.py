@@ -19,6 +19,8 @@ from typing import Iterator, List, Tuple
 
 import torch
 
+from pyroem.missing import missing_patterns
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -40,12 +42,7 @@ class MissingPatterns:
         gone = nan[rows]
         self.counts: List[int] = []
         if grouped and rows.numel():
-            if gone.shape[-1] <= 62:  # each pattern as one integer: a 1-D unique, far faster than by rows
-                bits = torch.arange(gone.shape[-1], device=gone.device)
-                codes, which = torch.unique((gone.long() << bits).sum(-1), return_inverse=True)
-                patterns = ((codes.unsqueeze(-1) >> bits) & 1).bool()
-            else:
-                patterns, which = torch.unique(gone, dim=0, return_inverse=True)
+            patterns, which = missing_patterns(gone)
             order = torch.argsort(which, stable=True)
             rows, gone, which = rows[order], gone[order], which[order]
             self.patterns, self.which = ~patterns, which
